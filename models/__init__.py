@@ -1,0 +1,3 @@
+from .cnn import cnn, WIDTHS
+
+__all__ = ["cnn", "WIDTHS"]

@@ -1,0 +1,41 @@
+"""Phase 3: retrain without the n most negative instances and score the model.
+
+The counterfactual replays the recorded training: from the checkpoint after
+epoch K-1 (or from the initial parameters with --retrain_all), each recorded
+batch in order, with its recorded augmentation seeds and learning rate, the
+removed instances skipped and the gradient still divided by the recorded
+|S_t|. With nothing removed it reproduces training bit for bit.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+import numpy as np
+
+from datasets import Data
+from .graphs import GraphCache, evaluate
+from .params import checkpoint_path, load_checkpoint
+from .step_record import StepRecord
+from .train import SGD, init_model
+
+
+def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
+            batch_size: int) -> List[Tuple[float, float, float, float]]:
+    """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch."""
+    record = StepRecord.load(os.path.join(run_dir, "step_record.npz"))
+    first = 0 if retrain_all else record.n_epochs - 1
+    cache = init_model(data, seed=0, batch_size=batch_size)
+    load_checkpoint(checkpoint_path(run_dir, first))
+    sgd = SGD(cache, data)
+    test_graphs = GraphCache(data.image_shape, data.n_classes, test=True)
+    keep = np.ones(len(data.train), bool)
+    keep[removed] = False
+    rows = []
+    for e in range(first, record.n_epochs):
+        for t in record.steps_of_epoch(e):
+            sgd.replay(record, t, keep)
+        val_loss, val_acc = evaluate(test_graphs, data.normalize, data.val)
+        test_loss, test_acc = evaluate(test_graphs, data.normalize, data.test)
+        rows.append((val_loss, test_loss, val_acc, test_acc))
+    return rows

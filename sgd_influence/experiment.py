@@ -1,0 +1,213 @@
+"""The four phases, shared by both drivers: train, influence, retrain, analyze.
+
+Work is cut into independent units (one training per trial, one influence
+file per method and trial, one retraining per method, n and trial). A unit
+whose output file exists is finished and skipped, so an interrupted run
+resumes where it stopped. With --workers N units run in N processes
+(nnabla's CPU context uses one thread); results do not depend on N.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+import multiprocessing as mp
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets import DATASETS, load_dataset
+from . import io
+from .errors import UserError
+
+DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
+
+
+# ----------------------------------------------------------------------------- CLI
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def build_parser(description: str, default_out: str, methods: Sequence[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--output_dir", default=default_out, help="output folder (created; resumed if it exists)")
+    p.add_argument("-e", "--n_epochs", type=positive_int, default=20, help="training epochs")
+    p.add_argument("-nt", "--n_trials", type=positive_int, default=6, help="trials, seeded 0..nt-1")
+    p.add_argument("-r", "--remove_n_list", type=nonneg_int, nargs="+", default=DEFAULT_REMOVE,
+                   help="numbers of most negative instances to remove (sizes >= the training set are skipped)")
+    p.add_argument("-ds", "--dataset", choices=DATASETS, default="cifar10", help="dataset")
+    p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed (CPU otherwise)")
+    p.add_argument("-ra", "--retrain_all", action="store_true",
+                   help="retrain every epoch from the initial parameters instead of only the last epoch")
+    p.add_argument("-bs", "--batch-size", type=positive_int, default=64, help="SGD mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
+    p.add_argument("--n-train", type=positive_int, default=None, help="first N training instances after the split (default: all)")
+    p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
+    p.add_argument("--methods", nargs="+", choices=methods, default=list(methods), help="methods to run")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
+    return p
+
+
+# ------------------------------------------------------------------ process setup
+def set_context(device_id: str) -> str:
+    """cudnn when nnabla-ext-cuda is installed, else CPU (as the published code)."""
+    import importlib.util
+    import nnabla as nn
+    from nnabla.ext_utils import get_extension_context
+    os.environ.setdefault("NNABLA_CUDNN_DETERMINISTIC", "1")
+    name = "cudnn" if importlib.util.find_spec("nnabla_ext.cuda") else "cpu"
+    nn.set_default_context(get_extension_context(name, device_id=str(device_id)))
+    return name
+
+
+@functools.lru_cache(maxsize=2)
+def get_data(dataset, seed, data_dir, n_train, n_val, n_test):
+    return load_dataset(dataset, seed, data_dir, n_train, n_val, n_test)
+
+
+def data_for(args, seed: int):
+    return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test)
+
+
+def _worker_init(device_id: str) -> None:
+    set_context(device_id)
+
+
+def run_units(units: List[tuple], args, desc: str) -> None:
+    """Run fn(args, *rest) for every unit (fn, *rest), in-process or in a process pool."""
+    if not units:
+        return
+    if args.workers == 1 or len(units) == 1:
+        for fn, *rest in units:
+            fn(args, *rest, progress=True)
+        return
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
+                             initializer=_worker_init, initargs=(args.device_id,)) as pool:
+        futures = [pool.submit(fn, args, *rest, progress=False) for fn, *rest in units]
+        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit"):
+            f.result()
+
+
+# ------------------------------------------------------------------------ units
+def train_done(args, seed: int) -> bool:
+    from .params import step_params_path
+    d = io.train_dir(args.output_dir, seed)
+    done = os.path.exists(os.path.join(d, "step_record.npz"))
+    if "Hara" in args.methods:
+        done = done and os.path.exists(step_params_path(d, args.n_epochs - 1))
+    return done
+
+
+def train_unit(args, seed: int, progress: bool = True) -> None:
+    from .train import train
+    train(data_for(args, seed), io.train_dir(args.output_dir, seed), seed, args.n_epochs,
+          args.batch_size, args.lr, keep_step_params="Hara" in args.methods, progress=progress)
+
+
+def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
+    from .infl import retrace
+    data = data_for(args, seed)
+    influence = retrace(data, io.train_dir(args.output_dir, seed), method, args.batch_size, progress)
+    io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
+                           data.train.ids, data.train.y, influence)
+
+
+def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
+    """Control: a seeded random removal order (the 'influence' column is the random key)."""
+    data = data_for(args, seed)
+    key = np.random.default_rng([seed, 2]).random(len(data.train))
+    io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
+                           data.train.ids, data.train.y, key)
+
+
+def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) -> None:
+    """Retrain without the n first instances of the method's order; n = 0 is shared."""
+    from .eval import retrain
+    data = data_for(args, seed)
+    removed = io.read_removal_order(io.influence_path(args.output_dir, methods[0], seed))[:n] if n else []
+    rows = retrain(data, io.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size)
+    for m in methods:
+        io.write_score_csv(io.score_path(args.output_dir, m, n, seed), rows)
+
+
+# ------------------------------------------------------------------------ driver
+def write_run_json(args, context: str) -> None:
+    import nnabla
+    info = {"command": " ".join(sys.argv), "settings": vars(args), "context": context,
+            "python": platform.python_version(), "nnabla": nnabla.__version__, "numpy": np.__version__}
+    io.write_json(os.path.join(args.output_dir, "run.json"), info)
+
+
+def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
+    """Train, compute influence per method, retrain per removal size, analyze."""
+    from .analyze import analyze
+    context = set_context(args.device_id)
+    seeds = list(range(args.n_trials))
+    data = data_for(args, 0)  # fail early on missing data or bad sizes
+    n_train = len(data.train)
+    if args.batch_size > n_train:
+        raise UserError(f"batch size {args.batch_size} is larger than the training set ({n_train}); lower -bs")
+    sizes = sorted(set(args.remove_n_list))
+    skipped = [n for n in sizes if n >= n_train]
+    if skipped:
+        print(f"warning: skipping removal sizes >= the training set ({n_train}): {skipped}", file=sys.stderr)
+    sizes = [n for n in sizes if n < n_train]
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
+    write_run_json(args, context)
+    print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
+          f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")
+
+    run_units([(train_unit, s) for s in seeds if not train_done(args, s)], args, "train")
+    run_units([(influence_units[m], m, s) for s in seeds for m in args.methods
+               if not os.path.exists(io.influence_path(args.output_dir, m, s))], args, "influence")
+    units = []
+    for s in seeds:
+        if 0 in sizes and not all(os.path.exists(io.score_path(args.output_dir, m, 0, s)) for m in args.methods):
+            units.append((eval_unit, tuple(args.methods), 0, s))
+        units += [(eval_unit, (m,), n, s) for m in args.methods for n in sizes
+                  if n > 0 and not os.path.exists(io.score_path(args.output_dir, m, n, s))]
+    run_units(units, args, "retrain")
+    analyze(args.output_dir, skipped=skipped)
+
+
+def main(argv, description: str, default_out: str, influence_units: Dict[str, Callable]) -> int:
+    parser = build_parser(description, default_out, list(influence_units))
+    args = parser.parse_args(argv)
+    try:
+        run_experiment(args, influence_units)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,75 @@
+"""Output files: every file is written under a temporary name and renamed into
+place, so a file that exists is complete. Paths of the output layout live here."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+import numpy as np
+
+METHOD_FILE = {"Hara": "hara", "Ours": "ours", "Random": "random",
+               "Influence_functions": "influence_functions"}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path next to `path`; rename it onto `path` on success."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"  # keeps the extension: nnabla picks the format by it
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def train_dir(out: str, seed: int) -> str:
+    return os.path.join(out, "train", f"seed_{seed}")
+
+
+def influence_path(out: str, method: str, seed: int) -> str:
+    return os.path.join(out, "influence", method, f"influence_{METHOD_FILE[method]}_{seed}.csv")
+
+
+def score_path(out: str, method: str, n: int, seed: int) -> str:
+    return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}.csv")
+
+
+def write_influence_csv(path: str, ids: np.ndarray, labels: np.ndarray, influence: np.ndarray) -> None:
+    """`x:image,y:label,influence,datasource_index`, most negative first.
+
+    Ties are broken by datasource_index so the file is a pure function of the scores.
+    """
+    order = np.lexsort((np.arange(len(influence)), influence))
+    lines = ["x:image,y:label,influence,datasource_index"]
+    lines += [f"{ids[i]},{labels[i]},{influence[i]:.9e},{i}" for i in order]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def read_removal_order(path: str) -> np.ndarray:
+    """The datasource_index column of an influence CSV, in file order."""
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        col = header.index("datasource_index")
+        return np.array([int(line.rstrip("\n").split(",")[col]) for line in f if line.strip()], np.int64)
+
+
+SCORE_COLUMNS = ("val_loss", "test_loss", "val_accuracy", "test_accuracy")
+
+
+def write_score_csv(path: str, rows) -> None:
+    lines = [",".join(SCORE_COLUMNS)] + [",".join(f"{v:.9g}" for v in row) for row in rows]
+    write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,82 @@
+"""Parameter files: checkpoints (nnabla .h5) and Hara's per-step store.
+
+The per-step store keeps, for every step of the retraced epoch, a real copy
+of every parameter array as it was when that step's gradient was taken
+(theta[t]). It is one raw float32 file per epoch, one row per step, so its
+size is exactly |theta| x T x 4 bytes, plus a small JSON layout file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import numpy as np
+import nnabla as nn
+
+from .io import atomic_path, write_json
+
+
+def save_checkpoint(path: str) -> None:
+    with atomic_path(path) as tmp:
+        nn.save_parameters(tmp, params=nn.get_parameters(grad_only=False), extension=".h5")
+
+
+def load_checkpoint(path: str) -> None:
+    """Copy the values of a checkpoint into the existing parameter variables."""
+    nn.load_parameters(path)
+
+
+def checkpoint_path(run_dir: str, epoch: int) -> str:
+    """Parameters after `epoch` epochs (0 = initial)."""
+    return os.path.join(run_dir, f"params_epoch_{epoch}.h5")
+
+
+def step_params_path(run_dir: str, epoch: int) -> str:
+    return os.path.join(run_dir, f"step_params_epoch_{epoch}.f32")
+
+
+class StepParamsWriter:
+    """Append theta[t] (all parameters, batch-norm statistics included) per step."""
+
+    def __init__(self, path: str):
+        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.params = nn.get_parameters(grad_only=False)
+        self.file = open(self.tmp, "wb")
+        layout = [[k, list(v.shape)] for k, v in self.params.items()]
+        write_json(path + ".layout.json", layout)
+
+    def append(self) -> None:
+        for v in self.params.values():
+            self.file.write(np.ascontiguousarray(v.d, dtype=np.float32).tobytes())
+
+    def close(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+
+class StepParamsReader:
+    """Memory-mapped rows of a per-step store; `load(i)` sets row i into the model."""
+
+    def __init__(self, path: str):
+        with open(path + ".layout.json") as f:
+            self.layout = [(k, tuple(s)) for k, s in json.load(f)]
+        self.row_size = sum(int(np.prod(s)) for _, s in self.layout)
+        self.rows = np.memmap(path, np.float32, "r").reshape(-1, self.row_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def arrays(self, i: int) -> Dict[str, np.ndarray]:
+        out, a = {}, 0
+        for k, s in self.layout:
+            n = int(np.prod(s))
+            out[k] = np.asarray(self.rows[i, a:a + n]).reshape(s)
+            a += n
+        return out
+
+    def load(self, i: int) -> None:
+        params = nn.get_parameters(grad_only=False)
+        for k, arr in self.arrays(i).items():
+            params[k].d = arr

@@ -1,0 +1,69 @@
+"""The step record: what happened at every SGD step, in a plain `.npz`.
+
+For step t (0-based over the whole run) it holds the epoch, the learning
+rate, the training indices of the batch and one augmentation seed per
+sample. Batches are stored flat with offsets (the last batch of an epoch
+may be smaller). Retrace and retraining replay training from it exactly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+
+from .io import atomic_path
+
+
+@dataclass
+class StepRecord:
+    epoch: np.ndarray       # (T,) int64
+    lr: np.ndarray          # (T,) float64
+    offsets: np.ndarray     # (T + 1,) int64, batch t is indices[offsets[t]:offsets[t+1]]
+    indices: np.ndarray     # (sum |S_t|,) int64, positions in the training split
+    aug_seeds: np.ndarray   # (sum |S_t|,) int64
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.epoch)
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.epoch.max()) + 1 if self.n_steps else 0
+
+    def batch(self, t: int) -> Tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[t], self.offsets[t + 1]
+        return self.indices[a:b], self.aug_seeds[a:b]
+
+    def steps_of_epoch(self, e: int) -> np.ndarray:
+        return np.flatnonzero(self.epoch == e)
+
+    @classmethod
+    def from_batches(cls, epochs: List[int], lrs: List[float], batches: List[np.ndarray],
+                     seeds: List[np.ndarray]) -> "StepRecord":
+        sizes = [len(b) for b in batches]
+        return cls(np.asarray(epochs, np.int64), np.asarray(lrs, np.float64),
+                   np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+                   np.concatenate(batches).astype(np.int64),
+                   np.concatenate(seeds).astype(np.int64))
+
+    def save(self, path: str) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, epoch=self.epoch, lr=self.lr, offsets=self.offsets,
+                         indices=self.indices, aug_seeds=self.aug_seeds)
+
+    @classmethod
+    def load(cls, path: str) -> "StepRecord":
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["epoch"], z["lr"], z["offsets"], z["indices"], z["aug_seeds"])
+
+
+def epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
+    """A fresh permutation cut into batches of `batch_size` (last one smaller),
+    and one augmentation seed per sample."""
+    perm = rng.permutation(n)
+    seeds = rng.integers(0, 2 ** 31 - 1, size=n)
+    cuts = range(0, n, batch_size)
+    return [perm[a:a + batch_size] for a in cuts], [seeds[a:a + batch_size] for a in cuts]

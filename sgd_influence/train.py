@@ -1,0 +1,130 @@
+"""Phase 1: SGD training that records every step so it can be replayed.
+
+theta[t+1] = theta[t] - eta_t / |S_t| * sum_{i in S_t} grad l(z_i; theta[t])
+
+Writes to the run folder `OUT/train/seed_<k>/`:
+  step_record.npz            the step record (see step_record.py)
+  params_epoch_<e>.h5        parameters after epoch e: 0 (for --retrain_all), K-1, K
+  step_params_epoch_<K-1>.f32  Hara only: theta[t] of every step of the last epoch
+  cache_size.json            measured bytes of each method's stored parameters
+  train_log.csv              mean training loss per epoch
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import nnabla as nn
+import nnabla.solvers as S
+from tqdm import tqdm
+
+from datasets import Data
+from .errors import UserError
+from .graphs import GraphCache, trainable_params
+from .io import write_json, write_text
+from .params import StepParamsWriter, checkpoint_path, save_checkpoint, step_params_path
+from .step_record import StepRecord, epoch_batches
+
+
+def init_model(data: Data, seed: int, batch_size: int) -> GraphCache:
+    """Fresh, seeded parameters and a cache of training-mode graphs."""
+    nn.clear_parameters()
+    nn.random.prng = np.random.RandomState(seed)
+    cache = GraphCache(data.image_shape, data.n_classes, test=False)
+    cache.get(batch_size)  # creates the parameters
+    return cache
+
+
+class SGD:
+    """Plain SGD on the recorded batches; one step = one recorded batch.
+
+    `step` takes the batch's kept indices and the recorded batch size: a
+    retraining that removes instances still divides by the full |S_t|.
+    """
+
+    def __init__(self, cache: GraphCache, data: Data):
+        self.cache, self.data = cache, data
+        self.solver = S.Sgd(lr=0.0)
+        self.solver.set_parameters(trainable_params())
+
+    def step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int) -> float:
+        if len(indices) == 0:  # every instance of the batch was removed
+            return 0.0
+        g = self.cache.get(len(indices))
+        x, y = self.data.train_batch(indices, seeds)
+        g.feed(x, y, 1.0 / batch_size)
+        g.loss.forward(clear_no_need_grad=True)
+        loss = float(g.loss.d)
+        if not np.isfinite(loss):
+            raise FloatingPointError
+        self.solver.zero_grad()
+        g.loss.backward(clear_buffer=True)
+        self.solver.set_learning_rate(lr)
+        self.solver.update()
+        return loss * batch_size / len(indices)
+
+    def replay(self, record: StepRecord, t: int, keep: np.ndarray | None = None) -> float:
+        """Redo recorded step t, skipping instances where `keep` is False."""
+        idx, seeds = record.batch(t)
+        full_size = len(idx)
+        if keep is not None:
+            mask = keep[idx]
+            idx, seeds = idx[mask], seeds[mask]
+        try:
+            return self.step(idx, seeds, float(record.lr[t]), full_size)
+        except FloatingPointError:
+            e = int(record.epoch[t])
+            raise UserError(f"non-finite training loss at epoch {e + 1}, step {t - record.steps_of_epoch(e)[0] + 1}; "
+                            f"lower the learning rate (--lr)") from None
+
+
+def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
+          keep_step_params: bool, progress: bool = True) -> None:
+    """Train with SGD from a seeded initialisation and write the run folder."""
+    if batch_size > len(data.train):
+        raise UserError(f"batch size {batch_size} is larger than the training set ({len(data.train)}); lower -bs")
+    cache = init_model(data, seed, batch_size)
+    sgd = SGD(cache, data)
+    save_checkpoint(checkpoint_path(run_dir, 0))
+    rng = np.random.default_rng([seed, 1])
+    ep, lrs, batches, seeds = [], [], [], []
+    for e in range(epochs):
+        b, s = epoch_batches(rng, len(data.train), batch_size)
+        ep += [e] * len(b)
+        lrs += [lr] * len(b)
+        batches += b
+        seeds += s
+    record = StepRecord.from_batches(ep, lrs, batches, seeds)
+
+    log = ["epoch,train_loss"]
+    bar = tqdm(total=record.n_steps, desc=f"train seed {seed}", disable=not progress, unit="step")
+    for e in range(epochs):
+        last = e == epochs - 1
+        writer = StepParamsWriter(step_params_path(run_dir, e)) if keep_step_params and last else None
+        losses = []
+        for t in record.steps_of_epoch(e):
+            if writer:
+                writer.append()  # theta[t]: the parameters this step's gradient is taken at
+            losses.append(sgd.replay(record, t))
+            bar.update()
+        if writer:
+            writer.close()
+        log.append(f"{e + 1},{np.mean(losses):.6f}")
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        if e + 1 >= epochs - 1:
+            save_checkpoint(checkpoint_path(run_dir, e + 1))
+    bar.close()
+    write_text(os.path.join(run_dir, "train_log.csv"), "\n".join(log) + "\n")
+    write_cache_size(run_dir, epochs, keep_step_params)
+    record.save(os.path.join(run_dir, "step_record.npz"))  # last: marks the run as complete
+
+
+def write_cache_size(run_dir: str, epochs: int, hara: bool) -> None:
+    """Bytes each method must keep for its retrace, measured on disk."""
+    n_params = sum(v.size for v in nn.get_parameters(grad_only=False).values())
+    info = {"param_count": int(n_params), "param_bytes_float32": int(n_params) * 4,
+            "ours_bytes": os.path.getsize(checkpoint_path(run_dir, epochs))}
+    if hara:
+        size = os.path.getsize(step_params_path(run_dir, epochs - 1))
+        info.update(hara_bytes=size, hara_steps=size // (4 * int(n_params)))
+    write_json(os.path.join(run_dir, "cache_size.json"), info)
