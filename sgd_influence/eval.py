@@ -9,11 +9,12 @@ removed instances skipped and the gradient still divided by the recorded
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 
 from datasets import Data
+from models import cnn
 from .graphs import GraphCache, evaluate
 from .params import checkpoint_path, load_checkpoint
 from .step_record import StepRecord
@@ -21,14 +22,14 @@ from .train import SGD, init_model
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
-            batch_size: int) -> List[Tuple[float, float, float, float]]:
+            batch_size: int, net: Callable = cnn) -> List[Tuple[float, float, float, float]]:
     """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch."""
     record = StepRecord.load(os.path.join(run_dir, "step_record.npz"))
     first = 0 if retrain_all else record.n_epochs - 1
-    cache = init_model(data, seed=0, batch_size=batch_size)
+    cache = init_model(data, seed=0, batch_size=batch_size, net=net)
     load_checkpoint(checkpoint_path(run_dir, first))
     sgd = SGD(cache, data)
-    test_graphs = GraphCache(data.image_shape, data.n_classes, test=True)
+    test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
     keep = np.ones(len(data.train), bool)
     keep[removed] = False
     rows = []

@@ -7,7 +7,7 @@ while w keeps the recorded |S_t| as the divisor.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import nnabla as nn
@@ -30,11 +30,11 @@ class LossGraph:
     """x, y, w -> per-sample losses l (B,), loss = sum_i w_i l_i, and logits."""
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int, test: bool,
-                 w_need_grad: bool = False):
+                 w_need_grad: bool = False, net: Callable = cnn):
         self.x = nn.Variable((batch_size,) + tuple(image_shape))
         self.y = nn.Variable((batch_size, 1))
         self.w = nn.Variable((batch_size,), need_grad=w_need_grad)
-        self.logits = cnn(self.x, n_classes, test=test)
+        self.logits = net(self.x, n_classes, test=test)
         self.per_sample = F.reshape(F.softmax_cross_entropy(self.logits, self.y), (batch_size,))
         self.loss = F.sum(self.per_sample * self.w)
 
@@ -47,13 +47,14 @@ class LossGraph:
 class GraphCache:
     """One `LossGraph` per batch size (retraining drops instances from batches)."""
 
-    def __init__(self, image_shape: tuple, n_classes: int, test: bool):
-        self.image_shape, self.n_classes, self.test = image_shape, n_classes, test
+    def __init__(self, image_shape: tuple, n_classes: int, test: bool, net: Callable = cnn):
+        self.image_shape, self.n_classes, self.test, self.net = image_shape, n_classes, test, net
         self._graphs: Dict[int, LossGraph] = {}
 
     def get(self, batch_size: int) -> LossGraph:
         if batch_size not in self._graphs:
-            self._graphs[batch_size] = LossGraph(batch_size, self.image_shape, self.n_classes, self.test)
+            self._graphs[batch_size] = LossGraph(batch_size, self.image_shape, self.n_classes, self.test,
+                                                 net=self.net)
         return self._graphs[batch_size]
 
 
@@ -68,8 +69,8 @@ class RetraceGraph:
     """
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int,
-                 params: List[nn.Variable]):
-        self.graph = LossGraph(batch_size, image_shape, n_classes, test=False, w_need_grad=True)
+                 params: List[nn.Variable], net: Callable = cnn):
+        self.graph = LossGraph(batch_size, image_shape, n_classes, test=False, w_need_grad=True, net=net)
         self.params = params
         grads = nn.grad([self.graph.loss], params)
         self.u = [nn.Variable(p.shape) for p in params]

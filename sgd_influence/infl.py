@@ -20,13 +20,14 @@ double-backward pass per step (`RetraceGraph`).
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import Callable, List
 
 import numpy as np
 import nnabla as nn
 from tqdm import tqdm
 
 from datasets import Data
+from models import cnn
 from .graphs import GraphCache, RetraceGraph, trainable_params, zero_grads
 from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
 from .step_record import StepRecord
@@ -35,10 +36,10 @@ from .train import init_model
 RETRACE_METHODS = ("Hara", "Ours")
 
 
-def val_gradient(data: Data, batch_size: int = 500) -> List[np.ndarray]:
+def val_gradient(data: Data, batch_size: int = 500, net: Callable = cnn) -> List[np.ndarray]:
     """u = grad_theta of the mean validation loss, batch norm in test mode."""
     params = list(trainable_params().values())
-    cache = GraphCache(data.image_shape, data.n_classes, test=True)
+    cache = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
     n = len(data.val)
     zero_grads(params)
     for a in range(0, n, batch_size):
@@ -50,14 +51,15 @@ def val_gradient(data: Data, batch_size: int = 500) -> List[np.ndarray]:
     return [p.g.copy() for p in params]
 
 
-def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True) -> np.ndarray:
+def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
+            net: Callable = cnn) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,)."""
     assert method in RETRACE_METHODS, method
     record = StepRecord.load(os.path.join(run_dir, "step_record.npz"))
     last = record.n_epochs - 1
-    init_model(data, seed=0, batch_size=batch_size)  # creates the variables; values loaded next
+    init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables; values loaded next
     load_checkpoint(checkpoint_path(run_dir, record.n_epochs))
-    u = val_gradient(data)
+    u = val_gradient(data, net=net)
     params = list(trainable_params().values())
     stored = StepParamsReader(step_params_path(run_dir, last)) if method == "Hara" else None
 
@@ -71,7 +73,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         # running statistics, which training-mode outputs never read.
         idx, seeds = record.batch(t)
         if len(idx) not in graphs:
-            graphs[len(idx)] = RetraceGraph(len(idx), data.image_shape, data.n_classes, params)
+            graphs[len(idx)] = RetraceGraph(len(idx), data.image_shape, data.n_classes, params, net)
         x, y = data.train_batch(idx, seeds)
         hu, ug = graphs[len(idx)].run(x, y, u)
         lr = float(record.lr[t])

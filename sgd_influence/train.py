@@ -12,6 +12,7 @@ Writes to the run folder `OUT/train/seed_<k>/`:
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 import nnabla as nn
@@ -19,6 +20,7 @@ import nnabla.solvers as S
 from tqdm import tqdm
 
 from datasets import Data
+from models import cnn
 from .errors import UserError
 from .graphs import GraphCache, trainable_params
 from .io import write_json, write_text
@@ -26,11 +28,11 @@ from .params import StepParamsWriter, checkpoint_path, save_checkpoint, step_par
 from .step_record import StepRecord, epoch_batches
 
 
-def init_model(data: Data, seed: int, batch_size: int) -> GraphCache:
+def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> GraphCache:
     """Fresh, seeded parameters and a cache of training-mode graphs."""
     nn.clear_parameters()
     nn.random.prng = np.random.RandomState(seed)
-    cache = GraphCache(data.image_shape, data.n_classes, test=False)
+    cache = GraphCache(data.image_shape, data.n_classes, test=False, net=net)
     cache.get(batch_size)  # creates the parameters
     return cache
 
@@ -79,11 +81,11 @@ class SGD:
 
 
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
-          keep_step_params: bool, progress: bool = True) -> None:
+          keep_step_params: bool, progress: bool = True, net: Callable = cnn) -> None:
     """Train with SGD from a seeded initialisation and write the run folder."""
     if batch_size > len(data.train):
         raise UserError(f"batch size {batch_size} is larger than the training set ({len(data.train)}); lower -bs")
-    cache = init_model(data, seed, batch_size)
+    cache = init_model(data, seed, batch_size, net)
     sgd = SGD(cache, data)
     save_checkpoint(checkpoint_path(run_dir, 0))
     rng = np.random.default_rng([seed, 1])

@@ -1,0 +1,44 @@
+"""Shared fixtures: CPU context, a tiny learnable dataset and tiny networks."""
+import functools
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from datasets import Data, Split  # noqa: E402
+from models import cnn  # noqa: E402
+from sgd_influence.experiment import set_context  # noqa: E402
+
+set_context("0")
+
+# Tiny networks for 8x8 inputs: two blocks of widths 4 and 8 (a few hundred parameters).
+TINY = functools.partial(cnn, widths=(4, 8), batch_norm=False)
+TINY_BN = functools.partial(cnn, widths=(4, 8), batch_norm=True)
+
+
+def make_split(rng, n, n_classes, name, part):
+    """Class c lights up a 2x2 patch at a class-specific place, plus noise."""
+    y = rng.integers(0, n_classes, n)
+    x = rng.integers(0, 60, (n, 1, 8, 8)).astype(np.int64)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 3)
+        x[i, 0, 1 + 2 * r:3 + 2 * r, 1 + 2 * q:3 + 2 * q] += 180
+    ids = np.array([f"{name}/{part}/{i:05d}" for i in range(n)])
+    return Split(np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64), ids)
+
+
+def tiny_data(n_train=32, n_val=24, n_test=24, n_classes=3, seed=0) -> Data:
+    rng = np.random.default_rng(seed)
+    return Data("tiny", make_split(rng, n_train, n_classes, "tiny", "train"),
+                make_split(rng, n_val, n_classes, "tiny", "val"),
+                make_split(rng, n_test, n_classes, "tiny", "test"), n_classes,
+                np.full(1, 0.5, np.float32), np.full(1, 0.5, np.float32))
+
+
+@pytest.fixture
+def data():
+    return tiny_data()

@@ -1,0 +1,172 @@
+"""Numerical checks of the retrace against exact counterfactuals and finite differences."""
+import os
+
+import numpy as np
+import nnabla as nn
+import pytest
+
+from conftest import TINY, TINY_BN
+from sgd_influence.graphs import GraphCache, LossGraph, RetraceGraph, trainable_params
+from sgd_influence.infl import retrace, val_gradient
+from sgd_influence.metrics import spearman
+from sgd_influence.params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
+from sgd_influence.step_record import StepRecord
+from sgd_influence.train import SGD, init_model, train
+
+
+def flat_trainable():
+    return np.concatenate([p.d.ravel() for p in trainable_params().values()]).astype(np.float64)
+
+
+def final_state(data, run_dir, epochs, net):
+    """theta[T] and u (the validation gradient at theta[T]) as flat float64 vectors."""
+    init_model(data, 0, 8, net)
+    load_checkpoint(checkpoint_path(run_dir, epochs))
+    u = np.concatenate([g.ravel() for g in val_gradient(data, net=net)]).astype(np.float64)
+    return flat_trainable(), u
+
+
+def test_last_step_estimate_equals_exact_leave_one_out(data, tmp_path):
+    """For j in the final batch, Hara's estimate is exact (no batch-norm coupling)."""
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY)
+    influence = retrace(data, run, "Hara", 8, progress=False, net=TINY)
+    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    theta_T, u = final_state(data, run, 2, TINY)
+    last = record.n_steps - 1
+    stored = StepParamsReader(step_params_path(run, 1))
+    cache = init_model(data, 0, 8, TINY)
+    sgd = SGD(cache, data)
+    for j in record.batch(last)[0]:
+        stored.load(len(stored) - 1)  # theta[T-1]
+        keep = np.ones(len(data.train), bool)
+        keep[j] = False
+        sgd.replay(record, last, keep)
+        true = float(u @ (flat_trainable() - theta_T))
+        assert abs(influence[j] - true) <= 1e-3 * abs(true), (j, influence[j], true)
+
+
+def leave_one_out(data, run, record, net):
+    """<u, theta_{-j}[T] - theta[T]> for every j, by retraining the last epoch without j."""
+    theta_T, u = final_state(data, run, record.n_epochs, net)
+    cache = init_model(data, 0, 8, net)
+    sgd = SGD(cache, data)
+    truth = np.zeros(len(data.train))
+    for j in range(len(data.train)):
+        load_checkpoint(checkpoint_path(run, record.n_epochs - 1))
+        keep = np.ones(len(data.train), bool)
+        keep[j] = False
+        for t in record.steps_of_epoch(record.n_epochs - 1):
+            sgd.replay(record, t, keep)
+        truth[j] = u @ (flat_trainable() - theta_T)
+    return truth
+
+
+def test_hara_over_an_epoch_ranks_like_actual_leave_one_out(data, tmp_path):
+    run = str(tmp_path)
+    train(data, run, seed=1, epochs=2, batch_size=8, lr=0.002, keep_step_params=True, progress=False, net=TINY)
+    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    truth = leave_one_out(data, run, record, TINY)
+    hara = retrace(data, run, "Hara", 8, progress=False, net=TINY)
+    ours = retrace(data, run, "Ours", 8, progress=False, net=TINY)
+    assert len(truth) >= 20
+    assert spearman(hara, truth) > 0.9
+    assert spearman(ours, truth) > 0.8
+
+
+def random_point(data, batch, net, seed=0):
+    cache = init_model(data, seed, len(batch), net)
+    params = list(trainable_params().values())
+    rng = np.random.default_rng(seed)
+    u = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+    x, y = data.train_batch(batch, np.arange(len(batch)))
+    return cache, params, u, x, y
+
+
+@pytest.mark.parametrize("net,rtol", [(TINY, 5e-3), (TINY_BN, 5e-2)])
+def test_hessian_vector_product_matches_finite_difference(data, net, rtol):
+    """H u from double backward vs a central difference of gradients.
+
+    The step is tiny so that no ReLU mask or max-pool choice flips (a flip
+    makes the gradient jump and the quotient meaningless); float32 noise then
+    limits the agreement, more so through batch norm's division by the batch std.
+    """
+    batch = np.arange(8)
+    cache, params, u, x, y = random_point(data, batch, net)
+    hu, _ = RetraceGraph(8, data.image_shape, data.n_classes, params, net).run(x, y, u)
+    g = cache.get(8)
+    theta = [p.d.copy() for p in params]
+
+    def grad_at(eps):
+        for p, t, v in zip(params, theta, u):
+            p.d = t + eps * v
+        for p in params:
+            p.grad.zero()
+        g.feed(x, y, 1.0 / 8)
+        g.loss.forward()
+        g.loss.backward()
+        return np.concatenate([p.g.ravel() for p in params]).astype(np.float64)
+
+    eps = 1e-5
+    fd = (grad_at(eps) - grad_at(-eps)) / (2 * eps)
+    hu = np.concatenate([h.ravel() for h in hu])
+    assert np.linalg.norm(hu - fd) <= rtol * np.linalg.norm(fd)
+
+
+def test_per_sample_products_match_directional_derivative(data):
+    """w's gradient gives <u, grad l_j> for every j (batch statistics included)."""
+    batch = np.arange(8)
+    cache, params, u, x, y = random_point(data, batch, TINY_BN, seed=3)
+    _, ug = RetraceGraph(8, data.image_shape, data.n_classes, params, TINY_BN).run(x, y, u)
+    g = cache.get(8)
+    theta = [p.d.copy() for p in params]
+
+    def losses_at(eps):
+        for p, t, v in zip(params, theta, u):
+            p.d = t + eps * v
+        g.feed(x, y, 1.0 / 8)
+        g.loss.forward()
+        return g.per_sample.d.astype(np.float64).copy()
+
+    eps = 1e-5  # small enough that no ReLU / max-pool choice flips
+    fd = (losses_at(eps) - losses_at(-eps)) / (2 * eps)
+    # float32 losses limit the quotient to about 1e-2 of the largest product.
+    assert np.allclose(ug, fd, rtol=2e-2, atol=1e-2 * np.abs(fd).max())
+
+
+def test_stored_step_parameters_are_the_ones_used_at_each_step(data, tmp_path):
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY_BN)
+    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    stored = StepParamsReader(step_params_path(run, 1))
+    steps = record.steps_of_epoch(1)
+    assert len(stored) == len(steps)
+    cache = init_model(data, 0, 8, TINY_BN)
+    load_checkpoint(checkpoint_path(run, 1))
+    sgd = SGD(cache, data)
+    all_params = nn.get_parameters(grad_only=False)
+    for k, t in enumerate(steps):
+        row = stored.arrays(k)
+        for name, v in all_params.items():
+            assert np.array_equal(row[name], v.d), (k, name)
+        if k + 1 < len(steps):
+            nxt = stored.arrays(k + 1)
+            assert not np.array_equal(nxt["fc/affine/W"], row["fc/affine/W"])
+        sgd.replay(record, t)
+    # Cache size is exactly |theta| x T float32.
+    n = sum(v.size for v in all_params.values())
+    assert os.path.getsize(step_params_path(run, 1)) == 4 * n * len(steps)
+
+
+def test_retraining_with_nothing_removed_reproduces_training(data, tmp_path):
+    from sgd_influence.eval import retrain
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=False, progress=False, net=TINY_BN)
+    init_model(data, 0, 8, TINY_BN)
+    load_checkpoint(checkpoint_path(run, 2))
+    trained = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    for retrain_all in (False, True):
+        rows = retrain(data, run, np.array([], np.int64), retrain_all, 8, net=TINY_BN)
+        assert len(rows) == (2 if retrain_all else 1)
+        for k, v in nn.get_parameters(grad_only=False).items():
+            assert np.array_equal(v.d, trained[k]), k
