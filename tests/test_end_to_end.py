@@ -1,0 +1,94 @@
+"""The driver as a user runs it, on a synthetic dataset in the Fashion-MNIST IDX format."""
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_idx(path, arr):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """10,080 training + 40 test images of 28x28 (the split needs 10,000 for validation)."""
+    d = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 10080), ("t10k", 40)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):  # a class-dependent bright band, so there is something to learn
+            x[i, 2 * c + 4:2 * c + 7, 4:24] += 200
+        write_idx(d / f"{part}-images-idx3-ubyte", x)
+        write_idx(d / f"{part}-labels-idx1-ubyte", y)
+    return str(d.parent)
+
+
+def run(args, data_dir):
+    cmd = [sys.executable, os.path.join(ROOT, "eval_sgd_influence.py"), "-ds", "fashion_mnist",
+           "--data-dir", data_dir] + args
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+TINY_RUN = ["--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "2", "-bs", "16", "-nt", "1",
+            "-r", "0", "4", "100"]
+
+
+def layout(out):
+    return sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
+
+
+def test_full_layout_determinism_and_resume(idx_dir, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    r = run(["-o", a] + TINY_RUN, idx_dir)
+    assert r.returncode == 0, r.stderr
+    assert "skipping removal sizes" in r.stderr and "100" in r.stderr
+    files = layout(a)
+    for m, f in (("Hara", "hara"), ("Ours", "ours"), ("Random", "random")):
+        assert f"influence/{m}/influence_{f}_0.csv" in files
+        for n in (0, 4):
+            assert f"score/{m}/score_delete_worst_{n}_seed_0.csv" in files
+        assert f"score/{m}/score_delete_worst_100_seed_0.csv" not in files
+    for f in ("summary/summary.csv", "fig/result.png", "run.json", "train/seed_0/step_record.npz",
+              "train/seed_0/cache_size.json", "train/seed_0/step_params_epoch_1.f32"):
+        assert f in files, f
+    assert not [f for f in files if ".tmp" in f]
+
+    with open(os.path.join(a, "influence", "Hara", "influence_hara_0.csv")) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "x:image,y:label,influence,datasource_index"
+    values = [float(line.split(",")[2]) for line in lines[1:]]
+    assert len(values) == 48 and values == sorted(values)
+    assert lines[1].startswith("fashion_mnist/train/")
+
+    # Same command into a second folder: byte-identical influence and score files.
+    r = run(["-o", b, "--workers", "2"] + TINY_RUN, idx_dir)
+    assert r.returncode == 0, r.stderr
+    for f in files:
+        if f.startswith(("influence/", "score/")):
+            with open(os.path.join(a, f), "rb") as fa, open(os.path.join(b, f), "rb") as fb:
+                assert fa.read() == fb.read(), f
+
+    # Re-running into a finished folder redoes nothing.
+    stamp = {f: os.path.getmtime(os.path.join(a, f)) for f in files if not f.startswith(("summary", "fig", "run.json"))}
+    r = run(["-o", a] + TINY_RUN, idx_dir)
+    assert r.returncode == 0, r.stderr
+    assert all(os.path.getmtime(os.path.join(a, f)) == t for f, t in stamp.items())
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "eval_sgd_influence.py"), "-ds", "cifar10",
+                        "--data-dir", str(tmp_path), "-o", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "cifar-10" in err[0] and str(tmp_path) in err[0]
