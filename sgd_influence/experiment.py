@@ -50,9 +50,17 @@ def positive_float(text: str) -> float:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the ones that mean 'not set'."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(description: str, default_out: str, methods: Sequence[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output_dir", default=default_out, help="output folder (created; resumed if it exists)")
     p.add_argument("-e", "--n_epochs", type=positive_int, default=20, help="training epochs")
     p.add_argument("-nt", "--n_trials", type=positive_int, default=6, help="trials, seeded 0..nt-1")
