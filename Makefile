@@ -6,7 +6,7 @@ WORKERS ?= 2
 
 # The demo preset: Fashion-MNIST subset sized to finish in under 20 minutes on 2 CPU cores.
 DEMO_ARGS := -o $(DEMO_OUT) -ds fashion_mnist --n-train 2000 --n-val 1000 --n-test 2000 \
-	-e 8 -bs 32 --lr 0.05 -nt 1 -r 0 10 30 100 300 --workers $(WORKERS)
+	-e 10 -bs 16 --lr 0.02 --no-augment -nt 1 -r 0 10 30 100 300 --workers $(WORKERS)
 
 .PHONY: venv data demo test test-all clean-demo
 

@@ -85,9 +85,11 @@ def augment(padded: np.ndarray, indices: np.ndarray, seeds: np.ndarray, hw) -> n
     Each sample's crop offset and flip are a pure function of its seed, so the
     same (index, seed) always gives the same image:
     dx = s mod 9, dy = (s div 9) mod 9, flip = (s div 81) mod 2.
+    A negative seed means no augmentation (the centred image).
     """
     h, w = hw
     seeds = np.asarray(seeds, dtype=np.int64)
+    seeds = np.where(seeds < 0, PAD + PAD * (2 * PAD + 1), seeds)  # centre crop, no flip
     dx, dy, flip = seeds % (2 * PAD + 1), (seeds // (2 * PAD + 1)) % (2 * PAD + 1), (seeds // 81) % 2
     out = np.empty((len(indices),) + padded.shape[1:2] + (h, w), np.uint8)
     for k, i in enumerate(indices):

@@ -90,6 +90,9 @@ def analyze(out: str, skipped: Sequence[int] = ()) -> List[tuple]:
         write_text(os.path.join(out, "summary", "skipped.txt"),
                    "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
     plot(rows, os.path.join(out, "fig", "result.png"))
+    print("method        n_removed  test_accuracy (mean ± std, trials)")
+    for m, n, mean, std, k in rows:
+        print(f"{m:<13} {n:>9}  {mean:.4f} ± {std:.4f} ({k})")
     print(f"summary: {os.path.join(out, 'summary', 'summary.csv')}\nfigure:  {os.path.join(out, 'fig', 'result.png')}")
     return rows
 

@@ -77,7 +77,11 @@ def build_parser(description: str, default_out: str, methods: Sequence[str]) -> 
     p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
     p.add_argument("--methods", nargs="+", choices=methods, default=list(methods), help="methods to run")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without random crop and flip (the published code augments)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this tool's results in the output folder and start afresh")
     return p
 
 
@@ -115,11 +119,16 @@ def run_units(units: List[tuple], args, desc: str) -> None:
             fn(args, *rest, progress=True)
         return
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
-                             initializer=_worker_init, initargs=(args.device_id,)) as pool:
+    pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
+                               initializer=_worker_init, initargs=(args.device_id,))
+    try:
         futures = [pool.submit(fn, args, *rest, progress=False) for fn, *rest in units]
         for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit"):
             f.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # drop queued units; running ones finish cleanly
+        raise
+    pool.shutdown()
 
 
 # ------------------------------------------------------------------------ units
@@ -135,7 +144,8 @@ def train_done(args, seed: int) -> bool:
 def train_unit(args, seed: int, progress: bool = True) -> None:
     from .train import train
     train(data_for(args, seed), io.train_dir(args.output_dir, seed), seed, args.n_epochs,
-          args.batch_size, args.lr, keep_step_params="Hara" in args.methods, progress=progress)
+          args.batch_size, args.lr, keep_step_params="Hara" in args.methods, progress=progress,
+          augment=not args.no_augment)
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
@@ -165,9 +175,39 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
 
 
 # ------------------------------------------------------------------------ driver
+# Settings that change results: a folder's results are only resumed under the same values.
+RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
+                   "no_augment")
+RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
+
+
+def check_or_reset_output(args) -> None:
+    """Refuse to mix results of different settings in one folder (or wipe with --overwrite)."""
+    import shutil
+    path = os.path.join(args.output_dir, "run.json")
+    if args.overwrite:
+        for name in RESULT_PATHS:
+            p = os.path.join(args.output_dir, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+        return
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f).get("settings", {})
+    new = vars(args)
+    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in RESULT_SETTINGS if old.get(k) != new[k]]
+    if diff:
+        raise UserError(f"{args.output_dir} holds results of other settings ({'; '.join(diff)}); "
+                        f"use another -o, or --overwrite to start afresh")
+
+
 def write_run_json(args, context: str) -> None:
     import nnabla
-    info = {"command": " ".join(sys.argv), "settings": vars(args), "context": context,
+    settings = {k: v for k, v in vars(args).items() if k != "overwrite"}
+    info = {"command": " ".join(sys.argv), "settings": settings, "context": context,
             "python": platform.python_version(), "nnabla": nnabla.__version__, "numpy": np.__version__}
     io.write_json(os.path.join(args.output_dir, "run.json"), info)
 
@@ -190,6 +230,7 @@ def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
+    check_or_reset_output(args)
     write_run_json(args, context)
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
           f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")

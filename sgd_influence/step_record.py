@@ -60,10 +60,12 @@ class StepRecord:
             return cls(z["epoch"], z["lr"], z["offsets"], z["indices"], z["aug_seeds"])
 
 
-def epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
+def epoch_batches(rng: np.random.Generator, n: int, batch_size: int, augment: bool = True):
     """A fresh permutation cut into batches of `batch_size` (last one smaller),
-    and one augmentation seed per sample."""
+    and one augmentation seed per sample (-1: no augmentation)."""
     perm = rng.permutation(n)
     seeds = rng.integers(0, 2 ** 31 - 1, size=n)
+    if not augment:
+        seeds[:] = -1
     cuts = range(0, n, batch_size)
     return [perm[a:a + batch_size] for a in cuts], [seeds[a:a + batch_size] for a in cuts]

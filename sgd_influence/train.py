@@ -81,7 +81,8 @@ class SGD:
 
 
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
-          keep_step_params: bool, progress: bool = True, net: Callable = cnn) -> None:
+          keep_step_params: bool, progress: bool = True, net: Callable = cnn,
+          augment: bool = True) -> None:
     """Train with SGD from a seeded initialisation and write the run folder."""
     if batch_size > len(data.train):
         raise UserError(f"batch size {batch_size} is larger than the training set ({len(data.train)}); lower -bs")
@@ -91,7 +92,7 @@ def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr:
     rng = np.random.default_rng([seed, 1])
     ep, lrs, batches, seeds = [], [], [], []
     for e in range(epochs):
-        b, s = epoch_batches(rng, len(data.train), batch_size)
+        b, s = epoch_batches(rng, len(data.train), batch_size, augment)
         ep += [e] * len(b)
         lrs += [lr] * len(b)
         batches += b

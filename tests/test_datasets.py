@@ -47,6 +47,8 @@ def test_augmentation_is_a_function_of_the_seed():
     assert np.array_equal(a, b)
     # seed 81 + 4*9 + 4: centre crop (dx = dy = 4), flipped.
     assert np.array_equal(a[1, 0], x[1, 0, :, ::-1])
+    # Negative seed: no augmentation.
+    assert np.array_equal(augment(padded, np.array([2]), np.array([-1]), (8, 8))[0], x[2])
 
 
 def test_cifar10_binary_records(tmp_path):

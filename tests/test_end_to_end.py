@@ -83,6 +83,13 @@ def test_full_layout_determinism_and_resume(idx_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(os.path.getmtime(os.path.join(a, f)) == t for f, t in stamp.items())
 
+    # Different result-changing settings into the same folder: refused, nothing touched.
+    changed = [v if v != "2" or TINY_RUN[i - 1] != "-e" else "3" for i, v in enumerate(TINY_RUN)]
+    r = run(["-o", a] + changed, idx_dir)
+    assert r.returncode == 2 and "n_epochs 2 -> 3" in r.stderr and "--overwrite" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert all(os.path.getmtime(os.path.join(a, f)) == t for f, t in stamp.items())
+
 
 def test_missing_dataset_is_one_clear_line(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "eval_sgd_influence.py"), "-ds", "cifar10",
