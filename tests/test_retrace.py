@@ -74,6 +74,12 @@ def test_hara_over_an_epoch_ranks_like_actual_leave_one_out(data, tmp_path):
     assert spearman(ours, truth) > 0.8
 
 
+def move(params, theta, u, eps):
+    """Set the parameters to theta + eps * u."""
+    for p, t, v in zip(params, theta, u):
+        p.d = t + eps * v
+
+
 def random_point(data, batch, net, seed=0):
     cache = init_model(data, seed, len(batch), net)
     params = list(trainable_params().values())
@@ -98,8 +104,7 @@ def test_hessian_vector_product_matches_finite_difference(data, net, rtol):
     theta = [p.d.copy() for p in params]
 
     def grad_at(eps):
-        for p, t, v in zip(params, theta, u):
-            p.d = t + eps * v
+        move(params, theta, u, eps)
         for p in params:
             p.grad.zero()
         g.feed(x, y, 1.0 / 8)
@@ -122,8 +127,7 @@ def test_per_sample_products_match_directional_derivative(data):
     theta = [p.d.copy() for p in params]
 
     def losses_at(eps):
-        for p, t, v in zip(params, theta, u):
-            p.d = t + eps * v
+        move(params, theta, u, eps)
         g.feed(x, y, 1.0 / 8)
         g.loss.forward()
         return g.per_sample.d.astype(np.float64).copy()
