@@ -9,6 +9,7 @@ resumes where it stopped. With --workers N units run in N processes
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import os
@@ -231,6 +232,7 @@ def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
     except OSError as e:
         raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
     check_or_reset_output(args)
+    io.remove_stale_temporaries(args.output_dir)
     write_run_json(args, context)
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
           f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")
@@ -255,6 +257,12 @@ def main(argv, description: str, default_out: str, influence_units: Dict[str, Ca
         run_experiment(args, influence_units)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        print(f"error: cannot write {e.filename or args.output_dir}: {e.strerror}; "
+              f"finished results are kept, free space or fix permissions and re-run", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)

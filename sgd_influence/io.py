@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -24,6 +25,17 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+TEMP_RE = re.compile(r"\.tmp\d+(\.\w+)?$")
+
+
+def remove_stale_temporaries(out: str) -> None:
+    """Delete half-written files left by a killed run (complete files never carry .tmp)."""
+    for d, _, files in os.walk(out):
+        for f in files:
+            if TEMP_RE.search(f):
+                os.remove(os.path.join(d, f))
 
 
 def write_text(path: str, text: str) -> None:

@@ -40,7 +40,7 @@ class StepParamsWriter:
     """Append theta[t] (all parameters, batch-norm statistics included) per step."""
 
     def __init__(self, path: str):
-        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
+        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"  # matches io.TEMP_RE
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.params = nn.get_parameters(grad_only=False)
         self.file = open(self.tmp, "wb")

@@ -1,6 +1,7 @@
 """Shared fixtures: CPU context, a tiny learnable dataset and tiny networks."""
 import functools
 import os
+import struct
 import sys
 
 import numpy as np
@@ -42,3 +43,25 @@ def tiny_data(n_train=32, n_val=24, n_test=24, n_classes=3, seed=0) -> Data:
 @pytest.fixture
 def data():
     return tiny_data()
+
+
+def write_idx(path, arr):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape))
+        f.write(arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """10,080 training + 40 test images of 28x28 (the split needs 10,000 for validation)."""
+    d = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 10080), ("t10k", 40)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):  # a class-dependent bright band, so there is something to learn
+            x[i, 2 * c + 4:2 * c + 7, 4:24] += 200
+        write_idx(d / f"{part}-images-idx3-ubyte", x)
+        write_idx(d / f"{part}-labels-idx1-ubyte", y)
+    return str(d.parent)

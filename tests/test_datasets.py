@@ -8,7 +8,7 @@ from datasets.idx import read_idx
 from datasets.pipeline import (PAD, _read_cifar10, _read_stl10, augment, load_dataset,
                                resize_short_edge)
 from sgd_influence.errors import UserError
-from test_end_to_end import write_idx
+from conftest import write_idx
 
 
 def test_idx_roundtrip_plain_and_gzip(tmp_path):

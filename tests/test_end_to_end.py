@@ -1,35 +1,9 @@
 """The driver as a user runs it, on a synthetic dataset in the Fashion-MNIST IDX format."""
 import os
-import struct
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_idx(path, arr):
-    with open(path, "wb") as f:
-        f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape))
-        f.write(arr.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    """10,080 training + 40 test images of 28x28 (the split needs 10,000 for validation)."""
-    d = tmp_path_factory.mktemp("data") / "fashion-mnist"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for part, n in (("train", 10080), ("t10k", 40)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 40, (n, 28, 28))
-        for i, c in enumerate(y):  # a class-dependent bright band, so there is something to learn
-            x[i, 2 * c + 4:2 * c + 7, 4:24] += 200
-        write_idx(d / f"{part}-images-idx3-ubyte", x)
-        write_idx(d / f"{part}-labels-idx1-ubyte", y)
-    return str(d.parent)
 
 
 def run(args, data_dir):

@@ -1,0 +1,64 @@
+"""Bad input: one clear error, exit code 2, no traceback, earlier results untouched."""
+import os
+
+import pytest
+
+from test_end_to_end import TINY_RUN, run
+
+SIZES = ["--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "1", "-bs", "16", "-nt", "1", "-r", "0"]
+
+
+@pytest.fixture
+def out_with_result(tmp_path):
+    """An output folder holding an earlier result file."""
+    out = tmp_path / "out"
+    f = out / "influence" / "Hara" / "influence_hara_0.csv"
+    f.parent.mkdir(parents=True)
+    f.write_text("earlier result\n")
+    return str(out), f
+
+
+def check_refused(r, out_with_result, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+    assert out_with_result[1].read_text() == "earlier result\n"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-ds", "foo"], "invalid choice: 'foo'"),
+    (["-r", "-1"], "non-negative integer"),
+    (["-r", "1.5"], "invalid nonneg_int value"),
+    (["-nt", "0"], "positive integer"),
+    (["--lr", "0"], "positive number"),
+    (["--lr", "-0.1"], "positive number"),
+    (["-bs", "0"], "positive integer"),
+])
+def test_bad_options_are_refused_by_the_parser(args, needle, out_with_result, idx_dir):
+    r = run(["-o", out_with_result[0]] + SIZES + args, idx_dir)
+    check_refused(r, out_with_result, needle)
+
+
+def test_batch_larger_than_training_set(out_with_result, idx_dir):
+    r = run(["-o", out_with_result[0]] + SIZES + ["-bs", "64"], idx_dir)
+    check_refused(r, out_with_result, "error: batch size 64 is larger than the training set (48)")
+
+
+def test_more_training_instances_than_available(out_with_result, idx_dir):
+    r = run(["-o", out_with_result[0], "--n-train", "999999", "-nt", "1"], idx_dir)
+    check_refused(r, out_with_result, "error: --n-train=999999 is larger than the 80 instances available")
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, idx_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run(["-o", str(blocker / "out")] + SIZES, idx_dir)
+    assert r.returncode == 2 and "error: cannot create output folder" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_non_finite_loss_names_the_step_and_the_fix(tmp_path, idx_dir):
+    r = run(["-o", str(tmp_path / "o")] + SIZES + ["--lr", "1e30"], idx_dir)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "non-finite training loss at epoch 1, step" in r.stderr and "--lr" in r.stderr
