@@ -116,7 +116,7 @@ def run_units(units: List[tuple], args, desc: str) -> None:
     if not units:
         return
     if args.workers == 1 or len(units) == 1:
-        for fn, *rest in units:
+        for fn, *rest in tqdm(units, desc=desc, unit="unit", disable=len(units) == 1):
             fn(args, *rest, progress=True)
         return
     ctx = mp.get_context("spawn")
