@@ -205,11 +205,26 @@ def check_or_reset_output(args) -> None:
                         f"use another -o, or --overwrite to start afresh")
 
 
+def code_version() -> str:
+    """The git commit of this checkout (with '+dirty' for local changes), or 'unknown'."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
+
+
 def write_run_json(args, context: str) -> None:
     import nnabla
     settings = {k: v for k, v in vars(args).items() if k != "overwrite"}
     info = {"command": " ".join(sys.argv), "settings": settings, "context": context,
-            "python": platform.python_version(), "nnabla": nnabla.__version__, "numpy": np.__version__}
+            "code_version": code_version(), "python": platform.python_version(),
+            "nnabla": nnabla.__version__, "numpy": np.__version__}
     io.write_json(os.path.join(args.output_dir, "run.json"), info)
 
 

@@ -62,3 +62,29 @@ def test_non_finite_loss_names_the_step_and_the_fix(tmp_path, idx_dir):
     r = run(["-o", str(tmp_path / "o")] + SIZES + ["--lr", "1e30"], idx_dir)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "non-finite training loss at epoch 1, step" in r.stderr and "--lr" in r.stderr
+
+
+def test_corrupt_data_file(tmp_path, idx_dir):
+    d = tmp_path / "fashion-mnist"
+    d.mkdir()
+    for f in os.listdir(os.path.join(idx_dir, "fashion-mnist")):
+        data = open(os.path.join(idx_dir, "fashion-mnist", f), "rb").read()
+        (d / f).write_bytes(data[:-100] if f.startswith("train-images") else data)
+    r = run(["-o", str(tmp_path / "o")] + SIZES, str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "train-images-idx3-ubyte is truncated" in r.stderr
+
+
+def test_disk_full_is_one_line_and_keeps_results(out_with_result, idx_dir, monkeypatch, capsys):
+    import errno
+    from sgd_influence import experiment, io
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(io, "write_text", full)
+    rc = experiment.main(["-o", out_with_result[0], "-ds", "fashion_mnist", "--data-dir", idx_dir] + SIZES,
+                         "test", "out", {"Random": experiment.random_unit})
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and "re-run" in err
+    assert out_with_result[1].read_text() == "earlier result\n"
