@@ -8,7 +8,6 @@ removed instances skipped and the gradient still divided by the recorded
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, List, Tuple
 
 import numpy as np
@@ -17,14 +16,14 @@ from datasets import Data
 from models import cnn
 from .graphs import GraphCache, evaluate
 from .params import checkpoint_path, load_checkpoint
-from .step_record import StepRecord
+from .step_record import StepRecord, step_record_path
 from .train import SGD, init_model
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
             batch_size: int, net: Callable = cnn) -> List[Tuple[float, float, float, float]]:
     """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch."""
-    record = StepRecord.load(os.path.join(run_dir, "step_record.npz"))
+    record = StepRecord.load(step_record_path(run_dir))
     first = 0 if retrain_all else record.n_epochs - 1
     cache = init_model(data, seed=0, batch_size=batch_size, net=net)
     load_checkpoint(checkpoint_path(run_dir, first))

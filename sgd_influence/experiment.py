@@ -107,10 +107,6 @@ def data_for(args, seed: int):
     return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test)
 
 
-def _worker_init(device_id: str) -> None:
-    set_context(device_id)
-
-
 def run_units(units: List[tuple], args, desc: str) -> None:
     """Run fn(args, *rest) for every unit (fn, *rest), in-process or in a process pool."""
     if not units:
@@ -121,7 +117,7 @@ def run_units(units: List[tuple], args, desc: str) -> None:
         return
     ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(args.device_id,))
+                               initializer=set_context, initargs=(args.device_id,))
     try:
         futures = [pool.submit(fn, args, *rest, progress=False) for fn, *rest in units]
         for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit"):
@@ -135,8 +131,9 @@ def run_units(units: List[tuple], args, desc: str) -> None:
 # ------------------------------------------------------------------------ units
 def train_done(args, seed: int) -> bool:
     from .params import step_params_path
+    from .step_record import step_record_path
     d = io.train_dir(args.output_dir, seed)
-    done = os.path.exists(os.path.join(d, "step_record.npz"))
+    done = os.path.exists(step_record_path(d))
     if "Hara" in args.methods:
         done = done and os.path.exists(step_params_path(d, args.n_epochs - 1))
     return done

@@ -19,18 +19,16 @@ double-backward pass per step (`RetraceGraph`).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, List
 
 import numpy as np
-import nnabla as nn
 from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
 from .graphs import GraphCache, RetraceGraph, trainable_params, zero_grads
 from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
-from .step_record import StepRecord
+from .step_record import StepRecord, step_record_path
 from .train import init_model
 
 RETRACE_METHODS = ("Hara", "Ours")
@@ -55,7 +53,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             net: Callable = cnn) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,)."""
     assert method in RETRACE_METHODS, method
-    record = StepRecord.load(os.path.join(run_dir, "step_record.npz"))
+    record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
     init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables; values loaded next
     load_checkpoint(checkpoint_path(run_dir, record.n_epochs))

@@ -16,6 +16,11 @@ import numpy as np
 from .io import atomic_path
 
 
+def step_record_path(run_dir: str) -> str:
+    """Where a run folder keeps its step record (written last: it marks training complete)."""
+    return os.path.join(run_dir, "step_record.npz")
+
+
 @dataclass
 class StepRecord:
     epoch: np.ndarray       # (T,) int64

@@ -25,7 +25,7 @@ from .errors import UserError
 from .graphs import GraphCache, trainable_params
 from .io import write_json, write_text
 from .params import StepParamsWriter, checkpoint_path, save_checkpoint, step_params_path
-from .step_record import StepRecord, epoch_batches
+from .step_record import StepRecord, epoch_batches, step_record_path
 
 
 def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> GraphCache:
@@ -119,7 +119,7 @@ def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr:
     bar.close()
     write_text(os.path.join(run_dir, "train_log.csv"), "\n".join(log) + "\n")
     write_cache_size(run_dir, epochs, keep_step_params)
-    record.save(os.path.join(run_dir, "step_record.npz"))  # last: marks the run as complete
+    record.save(step_record_path(run_dir))  # last: marks the run as complete
 
 
 def write_cache_size(run_dir: str, epochs: int, hara: bool) -> None:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from test_end_to_end import TINY_RUN, run
+from test_end_to_end import run
 
 SIZES = ["--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "1", "-bs", "16", "-nt", "1", "-r", "0"]
 

@@ -6,11 +6,11 @@ import nnabla as nn
 import pytest
 
 from conftest import TINY, TINY_BN
-from sgd_influence.graphs import GraphCache, LossGraph, RetraceGraph, trainable_params
+from sgd_influence.graphs import RetraceGraph, trainable_params
 from sgd_influence.infl import retrace, val_gradient
 from sgd_influence.metrics import spearman
 from sgd_influence.params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
-from sgd_influence.step_record import StepRecord
+from sgd_influence.step_record import StepRecord, step_record_path
 from sgd_influence.train import SGD, init_model, train
 
 
@@ -31,7 +31,7 @@ def test_last_step_estimate_equals_exact_leave_one_out(data, tmp_path):
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY)
     influence = retrace(data, run, "Hara", 8, progress=False, net=TINY)
-    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    record = StepRecord.load(step_record_path(run))
     theta_T, u = final_state(data, run, 2, TINY)
     last = record.n_steps - 1
     stored = StepParamsReader(step_params_path(run, 1))
@@ -65,7 +65,7 @@ def leave_one_out(data, run, record, net):
 def test_hara_over_an_epoch_ranks_like_actual_leave_one_out(data, tmp_path):
     run = str(tmp_path)
     train(data, run, seed=1, epochs=2, batch_size=8, lr=0.002, keep_step_params=True, progress=False, net=TINY)
-    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    record = StepRecord.load(step_record_path(run))
     truth = leave_one_out(data, run, record, TINY)
     hara = retrace(data, run, "Hara", 8, progress=False, net=TINY)
     ours = retrace(data, run, "Ours", 8, progress=False, net=TINY)
@@ -141,7 +141,7 @@ def test_per_sample_products_match_directional_derivative(data):
 def test_stored_step_parameters_are_the_ones_used_at_each_step(data, tmp_path):
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY_BN)
-    record = StepRecord.load(os.path.join(run, "step_record.npz"))
+    record = StepRecord.load(step_record_path(run))
     stored = StepParamsReader(step_params_path(run, 1))
     steps = record.steps_of_epoch(1)
     assert len(stored) == len(steps)
