@@ -17,7 +17,7 @@ import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import multiprocessing as mp
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -60,7 +60,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(description: str, default_out: str, methods: Sequence[str]) -> argparse.ArgumentParser:
+def build_parser(description: str, default_out: str, methods: Sequence[str],
+                 add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.ArgumentParser:
+    """The options both drivers share; `add_options` adds a driver's own."""
     p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output_dir", default=default_out, help="output folder (created; resumed if it exists)")
     p.add_argument("-e", "--n_epochs", type=positive_int, default=20, help="training epochs")
@@ -83,6 +85,8 @@ def build_parser(description: str, default_out: str, methods: Sequence[str]) -> 
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
+    if add_options:
+        add_options(p)
     return p
 
 
@@ -179,8 +183,8 @@ RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val"
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 
-def check_or_reset_output(args) -> None:
-    """Refuse to mix results of different settings in one folder (or wipe with --overwrite)."""
+def check_or_reset_output(args, settings: Sequence[str] = RESULT_SETTINGS) -> None:
+    """Refuse to mix results of different `settings` in one folder (or wipe with --overwrite)."""
     import shutil
     path = os.path.join(args.output_dir, "run.json")
     if args.overwrite:
@@ -196,7 +200,7 @@ def check_or_reset_output(args) -> None:
     with open(path) as f:
         old = json.load(f).get("settings", {})
     new = vars(args)
-    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in RESULT_SETTINGS if old.get(k) != new[k]]
+    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in settings if old.get(k) != new[k]]
     if diff:
         raise UserError(f"{args.output_dir} holds results of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to start afresh")
@@ -225,7 +229,7 @@ def write_run_json(args, context: str) -> None:
     io.write_json(os.path.join(args.output_dir, "run.json"), info)
 
 
-def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
+def run_experiment(args, influence_units: Dict[str, Callable], settings: Sequence[str] = RESULT_SETTINGS) -> None:
     """Train, compute influence per method, retrain per removal size, analyze."""
     from .analyze import analyze
     context = set_context(args.device_id)
@@ -243,7 +247,7 @@ def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
-    check_or_reset_output(args)
+    check_or_reset_output(args, settings)
     io.remove_stale_temporaries(args.output_dir)
     write_run_json(args, context)
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
@@ -262,11 +266,15 @@ def run_experiment(args, influence_units: Dict[str, Callable]) -> None:
     analyze(args.output_dir, skipped=skipped)
 
 
-def main(argv, description: str, default_out: str, influence_units: Dict[str, Callable]) -> int:
-    parser = build_parser(description, default_out, list(influence_units))
+def main(argv, description: str, default_out: str, influence_units: Dict[str, Callable],
+         add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+         extra_settings: Sequence[str] = ()) -> int:
+    """A driver: `influence_units` maps each method to its unit; `add_options` and
+    `extra_settings` add the driver's own options and the ones among them that change results."""
+    parser = build_parser(description, default_out, list(influence_units), add_options)
     args = parser.parse_args(argv)
     try:
-        run_experiment(args, influence_units)
+        run_experiment(args, influence_units, RESULT_SETTINGS + tuple(extra_settings))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -65,12 +65,13 @@ class RetraceGraph:
     Q at w_i = 1/|S| leaves
       - in the parameters' grads: H u, H the Hessian of the mini-batch mean loss;
       - in w's grad: dQ/dw_i = <u, grad_theta l_i(theta)> for every i at once.
-    Batch norm runs in training mode, as in the step being retraced.
+    Batch norm runs in training mode, as in the step being retraced, unless
+    `test` (influence functions use the model as deployed: running statistics).
     """
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int,
-                 params: List[nn.Variable], net: Callable = cnn):
-        self.graph = LossGraph(batch_size, image_shape, n_classes, test=False, w_need_grad=True, net=net)
+                 params: List[nn.Variable], net: Callable = cnn, test: bool = False):
+        self.graph = LossGraph(batch_size, image_shape, n_classes, test=test, w_need_grad=True, net=net)
         self.params = params
         grads = nn.grad([self.graph.loss], params)
         self.u = [nn.Variable(p.shape) for p in params]

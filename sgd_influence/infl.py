@@ -49,14 +49,19 @@ def val_gradient(data: Data, batch_size: int = 500, net: Callable = cnn) -> List
     return [p.g.copy() for p in params]
 
 
+def load_final_model(data: Data, run_dir: str, n_epochs: int, batch_size: int, net: Callable = cnn) -> None:
+    """Create the model's variables and load theta[T], the parameters after the last epoch."""
+    init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables; values loaded next
+    load_checkpoint(checkpoint_path(run_dir, n_epochs))
+
+
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
             net: Callable = cnn) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,)."""
     assert method in RETRACE_METHODS, method
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
-    init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables; values loaded next
-    load_checkpoint(checkpoint_path(run_dir, record.n_epochs))
+    load_final_model(data, run_dir, record.n_epochs, batch_size, net)
     u = val_gradient(data, net=net)
     params = list(trainable_params().values())
     stored = StepParamsReader(step_params_path(run_dir, last)) if method == "Hara" else None

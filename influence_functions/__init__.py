@@ -1,0 +1,1 @@
+"""Influence functions (Koh & Liang, ICML 2017): the second driver's method."""

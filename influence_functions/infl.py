@@ -1,0 +1,129 @@
+"""Influence functions (Koh & Liang, ICML 2017) at the final parameters.
+
+Sign convention (the same as the SGD-influence scores): influence[j] is the
+predicted change of the validation loss if training instance j is removed;
+negative = removing j helps; data cleansing removes the most negative first.
+
+theta minimises the empirical risk R(theta) = 1/n sum_i l(z_i; theta).
+Removing z_j is up-weighting it by eps = -1/n, which moves the minimiser by
+d theta ~= (1/n) H^-1 g_j (H: Hessian of R, g_j = grad l(z_j; theta)), so
+
+    influence[j] = <u, d theta> = <g_j, v> / n,   v = H^-1 u,
+
+u = grad of the mean validation loss at theta. A network's H is singular or
+indefinite, so v is the damped solution v = (H + alpha I)^-1 u, found as the
+minimiser of
+
+    f(v) = 1/2 v^T H v + 1/2 alpha |v|^2 - u^T v,   grad f = H v + alpha v - u,
+
+by SGD with heavy-ball momentum over training mini-batches, H replaced by
+the Hessian of a mini-batch's mean loss (an unbiased estimate of H). Each
+step is one Hessian-vector product by double backward (`RetraceGraph`).
+
+H, g_j and u are taken with batch norm in test mode (running statistics) and
+without augmentation: the risk of the model as it is deployed, on the
+training images as they are.
+
+Divergence: for H >= 0 the solution obeys |v| <= |u| / alpha. A solve whose
+|v| exceeds `DIVERGENCE_FACTOR` times that bound, or whose objective is not
+finite, is following negative curvature (alpha below -lambda_min(H)) or too
+large a step; it is stopped with an error rather than producing scores.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets import Data
+from models import cnn
+from sgd_influence.errors import UserError
+from sgd_influence.graphs import RetraceGraph, trainable_params
+from sgd_influence.step_record import epoch_batches
+
+DIVERGENCE_FACTOR = 100.0
+Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
+
+
+def dot(a: Vector, b: Vector) -> float:
+    return float(sum(np.vdot(x.astype(np.float64), y) for x, y in zip(a, b)))
+
+
+class Hessian:
+    """Products with the Hessian of a training batch's mean loss, batch norm in test mode."""
+
+    def __init__(self, data: Data, net: Callable = cnn):
+        self.data, self.net = data, net
+        self.params = list(trainable_params().values())
+        self._graphs = {}
+
+    def _graph(self, batch_size: int) -> RetraceGraph:
+        if batch_size not in self._graphs:
+            self._graphs[batch_size] = RetraceGraph(batch_size, self.data.image_shape, self.data.n_classes,
+                                                    self.params, self.net, test=True)
+        return self._graphs[batch_size]
+
+    def products(self, idx: np.ndarray, v: Vector) -> Tuple[Vector, np.ndarray]:
+        """(H_B v, <g_i, v> for every i in the batch B = idx)."""
+        x = self.data.normalize(self.data.train.x[idx])
+        return self._graph(len(idx)).run(x, self.data.train.y[idx], v)
+
+
+class SolverDiverged(UserError):
+    pass
+
+
+def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
+          batch_size: int, seed: int, progress: bool = True) -> Tuple[Vector, np.ndarray]:
+    """v ~= (H + alpha I)^-1 u by heavy-ball SGD on f(v), and the trace of the solve.
+
+    Update: m <- momentum * m + grad f(v); v <- v - lr * m. The trace has one
+    row per step: (epoch, step, f(v) on the step's batch, |v|), f and |v| at
+    the v the step starts from.
+    """
+    n = len(hessian.data.train)
+    v = [np.zeros_like(a) for a in u]
+    m = [np.zeros_like(a) for a in u]
+    bound = DIVERGENCE_FACTOR * np.sqrt(dot(u, u)) / alpha
+    rng = np.random.default_rng([seed, 3])
+    batches = [b for _ in range(epochs) for b in epoch_batches(rng, n, batch_size, augment=False)[0]]
+    steps_per_epoch = len(batches) // epochs
+    trace = np.zeros((len(batches), 4))
+    bar = tqdm(batches, desc="inverse HVP", disable=not progress, unit="step")
+    for k, idx in enumerate(bar):
+        hv, _ = hessian.products(idx, v)
+        vv = dot(v, v)
+        objective = 0.5 * dot(v, hv) + 0.5 * alpha * vv - dot(u, v)
+        trace[k] = (k // steps_per_epoch, k, objective, np.sqrt(vv))
+        if not np.isfinite(objective) or np.sqrt(vv) > bound:
+            raise SolverDiverged(
+                f"the influence-functions solve diverged at step {k + 1} of {len(batches)} "
+                f"(objective {objective:.3g}, |v| {np.sqrt(vv):.3g} > {DIVERGENCE_FACTOR:g}|u|/alpha = {bound:.3g}): "
+                f"raise --if-alpha (damping below the most negative curvature) or lower --if-lr")
+        for a in range(len(v)):
+            m[a] = momentum * m[a] + (hv[a] + alpha * v[a] - u[a])
+            v[a] = v[a] - lr * m[a]
+        if k % 10 == 0:
+            bar.set_postfix(objective=f"{objective:.4g}")
+    return v, trace
+
+
+def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = True) -> np.ndarray:
+    """<g_j, v> for every training instance j (shape (n_train,))."""
+    n = len(hessian.data.train)
+    out = np.zeros(n, np.float64)
+    for a in tqdm(range(0, n, batch_size), desc="scores", disable=not progress, unit="batch"):
+        idx = np.arange(a, min(a + batch_size, n))
+        out[idx] = hessian.products(idx, v)[1]
+    return out
+
+
+def influence_functions(data: Data, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
+                        batch_size: int, seed: int, progress: bool = True,
+                        net: Callable = cnn) -> Tuple[np.ndarray, np.ndarray]:
+    """Scores <g_j, v>/n of every training instance at the current (final) parameters, and the solver trace."""
+    hessian = Hessian(data, net)
+    v, trace = solve(hessian, u, alpha=alpha, lr=lr, momentum=momentum, epochs=epochs,
+                     batch_size=batch_size, seed=seed, progress=progress)
+    return sample_dots(hessian, v, batch_size, progress) / len(data.train), trace
