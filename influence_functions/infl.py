@@ -43,6 +43,7 @@ from sgd_influence.graphs import RetraceGraph, trainable_params
 from sgd_influence.step_record import epoch_batches
 
 DIVERGENCE_FACTOR = 100.0
+TRACE_COLUMNS = ("epoch", "step", "objective", "v_norm", "curvature", "residual")
 Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
 
 
@@ -79,8 +80,9 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     """v ~= (H + alpha I)^-1 u by heavy-ball SGD on f(v), and the trace of the solve.
 
     Update: m <- momentum * m + grad f(v); v <- v - lr * m. The trace has one
-    row per step: (epoch, step, f(v) on the step's batch, |v|), f and |v| at
-    the v the step starts from.
+    row per step, all at the v the step starts from and on the step's batch B:
+    epoch, step, f(v), |v|, the curvature v^T H_B v / |v|^2 (negative: H is
+    indefinite along v) and the relative residual |H_B v + alpha v - u| / |u|.
     """
     n = len(hessian.data.train)
     v = [np.zeros_like(a) for a in u]
@@ -89,20 +91,23 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     rng = np.random.default_rng([seed, 3])
     batches = [b for _ in range(epochs) for b in epoch_batches(rng, n, batch_size, augment=False)[0]]
     steps_per_epoch = len(batches) // epochs
-    trace = np.zeros((len(batches), 4))
+    trace = np.zeros((len(batches), len(TRACE_COLUMNS)))
+    u_norm = np.sqrt(dot(u, u))
     bar = tqdm(batches, desc="inverse HVP", disable=not progress, unit="step")
     for k, idx in enumerate(bar):
         hv, _ = hessian.products(idx, v)
-        vv = dot(v, v)
-        objective = 0.5 * dot(v, hv) + 0.5 * alpha * vv - dot(u, v)
-        trace[k] = (k // steps_per_epoch, k, objective, np.sqrt(vv))
+        vv, vhv = dot(v, v), dot(v, hv)
+        objective = 0.5 * vhv + 0.5 * alpha * vv - dot(u, v)
+        grad = [h + alpha * a - b for h, a, b in zip(hv, v, u)]
+        trace[k] = (k // steps_per_epoch, k, objective, np.sqrt(vv), vhv / vv if vv > 0 else np.nan,
+                    np.sqrt(dot(grad, grad)) / u_norm)
         if not np.isfinite(objective) or np.sqrt(vv) > bound:
             raise SolverDiverged(
                 f"the influence-functions solve diverged at step {k + 1} of {len(batches)} "
                 f"(objective {objective:.3g}, |v| {np.sqrt(vv):.3g} > {DIVERGENCE_FACTOR:g}|u|/alpha = {bound:.3g}): "
                 f"raise --if-alpha (damping below the most negative curvature) or lower --if-lr")
         for a in range(len(v)):
-            m[a] = momentum * m[a] + (hv[a] + alpha * v[a] - u[a])
+            m[a] = momentum * m[a] + grad[a]
             v[a] = v[a] - lr * m[a]
         if k % 10 == 0:
             bar.set_postfix(objective=f"{objective:.4g}")

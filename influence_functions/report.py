@@ -1,8 +1,9 @@
 """The solver's trace, kept so that convergence can be inspected.
 
-OUT/influence/Influence_functions/solver_trace_<seed>.csv: epoch, step,
-objective f(v) on the step's batch, |v|; OUT/fig/if_solver_seed<seed>.png
-plots both against the step.
+OUT/influence/Influence_functions/solver_trace_<seed>.csv: one row per
+solver step (columns `TRACE_COLUMNS`, see `infl.solve`);
+OUT/fig/if_solver_seed<seed>.png plots the objective, the residual and the
+curvature against the step.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import numpy as np
 
 from sgd_influence.io import atomic_path, write_text
+from .infl import TRACE_COLUMNS
 
 
 def solver_trace_path(out: str, seed: int) -> str:
@@ -22,8 +24,8 @@ def solver_figure_path(out: str, seed: int) -> str:
 
 
 def write_solver_trace(out: str, seed: int, trace: np.ndarray) -> None:
-    lines = ["epoch,step,objective,v_norm"]
-    lines += [f"{int(e)},{int(s)},{f:.9g},{v:.9g}" for e, s, f, v in trace]
+    lines = [",".join(TRACE_COLUMNS)]
+    lines += [f"{int(row[0])},{int(row[1])}," + ",".join(f"{x:.9g}" for x in row[2:]) for row in trace]
     write_text(solver_trace_path(out, seed), "\n".join(lines) + "\n")
     plot_solver_trace(solver_figure_path(out, seed), trace, f"influence functions solve, seed {seed}")
 
@@ -32,14 +34,17 @@ def plot_solver_trace(path: str, trace: np.ndarray, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(trace[:, 1], trace[:, 2], lw=0.8, color="C0")
-    ax.set_xlabel("solver step")
-    ax.set_ylabel("objective f(v) (mini-batch)", color="C0")
-    ax2 = ax.twinx()
-    ax2.plot(trace[:, 1], trace[:, 3], lw=1.2, color="C1")
-    ax2.set_ylabel("|v|", color="C1")
-    ax.set_title(title, fontsize=9)
+    step = trace[:, 1]
+    fig, axes = plt.subplots(3, 1, figsize=(5, 6), sharex=True)
+    for ax, col, label in zip(axes, (2, 5, 4), ("objective f(v)", "residual |grad f| / |u|",
+                                                "curvature v'Hv / |v|^2")):
+        ax.plot(step, trace[:, col], lw=0.8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[2].axhline(0, color="k", lw=0.5)
+    axes[-1].set_xlabel("solver step (values on the step's mini-batch)")
+    axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with atomic_path(path) as tmp:

@@ -92,7 +92,7 @@ def test_solver_and_scores_match_direct_solve(fitted):
     closed_scores = grads @ v_direct / len(data.train)
     assert np.linalg.norm(scores - closed_scores) < 1e-2 * np.linalg.norm(closed_scores)
     # The trace: the objective falls to its minimum -1/2 u^T v*.
-    assert trace.shape == (400, 4)
+    assert trace.shape == (400, 6) and trace[-1, 5] < 1e-3
     np.testing.assert_allclose(trace[-1, 2], -0.5 * flat(u) @ v_direct, rtol=1e-3)
 
 
@@ -138,7 +138,7 @@ def test_driver_end_to_end(idx_dir, tmp_path):
               "summary/summary.csv", "run.json"):
         assert f in files, f
     with open(os.path.join(out, "influence", "Influence_functions", "solver_trace_0.csv")) as f:
-        assert f.readline().strip() == "epoch,step,objective,v_norm" and len(f.readlines()) == 3
+        assert f.readline().strip() == "epoch,step,objective,v_norm,curvature,residual" and len(f.readlines()) == 3
 
     # A diverging solve stops with one line, leaving training and no influence file behind.
     out2 = str(tmp_path / "o2")
