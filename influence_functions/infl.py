@@ -42,9 +42,16 @@ from sgd_influence.errors import UserError
 from sgd_influence.graphs import RetraceGraph, trainable_params
 from sgd_influence.step_record import epoch_batches
 
+# Damping alpha by dataset when --if-alpha is not given (README "Influence functions" has the measurements).
+DEFAULT_ALPHA = {"cifar10": 10.0}
+FALLBACK_ALPHA = 0.1
 DIVERGENCE_FACTOR = 100.0
 TRACE_COLUMNS = ("epoch", "step", "objective", "v_norm", "curvature", "residual")
 Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
+
+
+def alpha_for(dataset: str) -> float:
+    return DEFAULT_ALPHA.get(dataset, FALLBACK_ALPHA)
 
 
 def dot(a: Vector, b: Vector) -> float:

@@ -17,7 +17,7 @@ import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import multiprocessing as mp
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -60,9 +60,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(description: str, default_out: str, methods: Sequence[str],
-                 add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> argparse.ArgumentParser:
-    """The options both drivers share; `add_options` adds a driver's own."""
+def build_parser(description: str, default_out: str, default_methods: Sequence[str]) -> argparse.ArgumentParser:
+    """The options of both drivers; they differ only in the default output folder and methods."""
     p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output_dir", default=default_out, help="output folder (created; resumed if it exists)")
     p.add_argument("-e", "--n_epochs", type=positive_int, default=20, help="training epochs")
@@ -79,14 +78,21 @@ def build_parser(description: str, default_out: str, methods: Sequence[str],
     p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
     p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
-    p.add_argument("--methods", nargs="+", choices=methods, default=list(methods), help="methods to run")
+    p.add_argument("--methods", nargs="+", choices=list(METHOD_UNITS), default=list(default_methods),
+                   metavar="METHOD", help=f"methods to run, any of {' '.join(METHOD_UNITS)} "
+                                          f"(one training serves them all)")
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crop and flip (the published code augments)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
-    if add_options:
-        add_options(p)
+    g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "
+                             "by SGD with momentum")
+    g.add_argument("--if-alpha", type=positive_float, default=None,
+                   help="damping alpha (default: by dataset, see README)")
+    g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")
+    g.add_argument("--if-momentum", type=float, default=0.9, help="solver heavy-ball momentum")
+    g.add_argument("--if-epochs", type=positive_int, default=2, help="solver epochs over the training set")
     return p
 
 
@@ -166,6 +172,26 @@ def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
                            data.train.ids, data.train.y, key)
 
 
+def influence_functions_unit(args, method: str, seed: int, progress: bool = True) -> None:
+    from influence_functions.infl import alpha_for, influence_functions
+    from influence_functions.report import write_solver_trace
+    from .infl import load_final_model, val_gradient
+    data = data_for(args, seed)
+    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    alpha = args.if_alpha if args.if_alpha is not None else alpha_for(args.dataset)
+    influence, trace = influence_functions(
+        data, val_gradient(data), alpha=alpha, lr=args.if_lr, momentum=args.if_momentum,
+        epochs=args.if_epochs, batch_size=args.batch_size, seed=seed, progress=progress)
+    write_solver_trace(args.output_dir, seed, trace)
+    io.write_influence_csv(io.influence_path(args.output_dir, method, seed),  # last: marks the unit done
+                           data.train.ids, data.train.y, influence)
+
+
+# Every method a driver can run: its unit writes OUT/influence/<Method>/influence_<method>_<seed>.csv.
+METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Influence_functions": influence_functions_unit,
+                "Random": random_unit}
+
+
 def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) -> None:
     """Retrain without the n first instances of the method's order; n = 0 is shared."""
     from .eval import retrain
@@ -179,12 +205,12 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment")
+                   "no_augment", "if_alpha", "if_lr", "if_momentum", "if_epochs")
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 
-def check_or_reset_output(args, settings: Sequence[str] = RESULT_SETTINGS) -> None:
-    """Refuse to mix results of different `settings` in one folder (or wipe with --overwrite)."""
+def check_or_reset_output(args) -> None:
+    """Refuse to mix results of different settings in one folder (or wipe with --overwrite)."""
     import shutil
     path = os.path.join(args.output_dir, "run.json")
     if args.overwrite:
@@ -200,7 +226,7 @@ def check_or_reset_output(args, settings: Sequence[str] = RESULT_SETTINGS) -> No
     with open(path) as f:
         old = json.load(f).get("settings", {})
     new = vars(args)
-    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in settings if old.get(k) != new[k]]
+    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in RESULT_SETTINGS if old.get(k) != new[k]]
     if diff:
         raise UserError(f"{args.output_dir} holds results of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to start afresh")
@@ -229,7 +255,7 @@ def write_run_json(args, context: str) -> None:
     io.write_json(os.path.join(args.output_dir, "run.json"), info)
 
 
-def run_experiment(args, influence_units: Dict[str, Callable], settings: Sequence[str] = RESULT_SETTINGS) -> None:
+def run_experiment(args) -> None:
     """Train, compute influence per method, retrain per removal size, analyze."""
     from .analyze import analyze
     context = set_context(args.device_id)
@@ -247,14 +273,14 @@ def run_experiment(args, influence_units: Dict[str, Callable], settings: Sequenc
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
-    check_or_reset_output(args, settings)
+    check_or_reset_output(args)
     io.remove_stale_temporaries(args.output_dir)
     write_run_json(args, context)
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
           f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")
 
     run_units([(train_unit, s) for s in seeds if not train_done(args, s)], args, "train")
-    run_units([(influence_units[m], m, s) for s in seeds for m in args.methods
+    run_units([(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
                if not os.path.exists(io.influence_path(args.output_dir, m, s))], args, "influence")
     units = []
     for s in seeds:
@@ -266,15 +292,11 @@ def run_experiment(args, influence_units: Dict[str, Callable], settings: Sequenc
     analyze(args.output_dir, skipped=skipped)
 
 
-def main(argv, description: str, default_out: str, influence_units: Dict[str, Callable],
-         add_options: Optional[Callable[[argparse.ArgumentParser], None]] = None,
-         extra_settings: Sequence[str] = ()) -> int:
-    """A driver: `influence_units` maps each method to its unit; `add_options` and
-    `extra_settings` add the driver's own options and the ones among them that change results."""
-    parser = build_parser(description, default_out, list(influence_units), add_options)
-    args = parser.parse_args(argv)
+def main(argv, description: str, default_out: str, default_methods: Sequence[str]) -> int:
+    """A driver: parse `argv`, run the experiment, turn user errors into one line and exit code 2."""
+    args = build_parser(description, default_out, default_methods).parse_args(argv)
     try:
-        run_experiment(args, influence_units, RESULT_SETTINGS + tuple(extra_settings))
+        run_experiment(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

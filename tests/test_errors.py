@@ -84,7 +84,7 @@ def test_disk_full_is_one_line_and_keeps_results(out_with_result, idx_dir, monke
 
     monkeypatch.setattr(io, "write_text", full)
     rc = experiment.main(["-o", out_with_result[0], "-ds", "fashion_mnist", "--data-dir", idx_dir] + SIZES,
-                         "test", "out", {"Random": experiment.random_unit})
+                         "test", "out", ("Random",))
     err = capsys.readouterr().err
     assert rc == 2 and "No space left on device" in err and "re-run" in err
     assert out_with_result[1].read_text() == "earlier result\n"

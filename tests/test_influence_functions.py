@@ -4,16 +4,15 @@ import subprocess
 import sys
 
 import numpy as np
-import nnabla as nn
 import nnabla.parametric_functions as PF
 import pytest
 
 from conftest import tiny_data
-from influence_functions.infl import Hessian, SolverDiverged, influence_functions, sample_dots, solve
+from influence_functions.infl import Hessian, SolverDiverged, influence_functions, solve
 from sgd_influence.eval import retrain
 from sgd_influence.graphs import trainable_params
 from sgd_influence.infl import load_final_model, val_gradient
-from sgd_influence.train import init_model, train
+from sgd_influence.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
