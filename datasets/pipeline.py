@@ -7,6 +7,7 @@ training saw.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -96,6 +97,7 @@ def augment(padded: np.ndarray, indices: np.ndarray, seeds: np.ndarray, hw) -> n
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) bilinear interpolation matrix, half-pixel centres.
 
@@ -115,7 +117,9 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
             taps = zip(ks, np.maximum(0.0, 1 - np.abs(ks - c) / scale))
         for k, wgt in taps:
             m[o, min(max(k, 0), n_in - 1)] += wgt
-    return m / m.sum(axis=1, keepdims=True) if scale > 1 else m
+    m = m / m.sum(axis=1, keepdims=True) if scale > 1 else m
+    m.setflags(write=False)  # cached: shared by every call
+    return m
 
 
 def short_edge_size(h: int, w: int) -> tuple:
@@ -131,8 +135,7 @@ def resize(x: np.ndarray, hw: tuple) -> np.ndarray:
     h, w = x.shape[2:]
     if (h, w) == tuple(hw):
         return x
-    rh, rw = resize_matrix(h, hw[0]), resize_matrix(w, hw[1])
-    y = np.einsum("oh,nchw,pw->ncop", rh, x.astype(np.float64), rw, optimize=True)
+    y = resize_matrix(h, hw[0]) @ x.astype(np.float64) @ resize_matrix(w, hw[1]).T
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import ROOT
 from datasets import load_dataset
-from datasets.pipeline import resize, short_edge_size
+from datasets.pipeline import resize, resize_matrix, short_edge_size
 from sgd_influence import io
 from sgd_influence.errors import UserError
 
@@ -85,6 +85,15 @@ def test_shrinking_does_not_alias():
     x[..., ::4] = 255
     y = resize(x, short_edge_size(512, 512))
     assert y.shape == (1, 1, 128, 128) and np.abs(y[0, 0, 2:-2, 2:-2].astype(int) - 64).max() <= 1
+
+
+def test_resize_is_the_separable_bilinear_map():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 3, 28, 20)).astype(np.uint8)
+    rh, rw = resize_matrix(28, 45), resize_matrix(20, 32)
+    want = np.einsum("oh,nchw,pw->ncop", rh, x.astype(np.float64), rw)
+    assert np.abs(resize(x, (45, 32)) - want).max() <= 0.5 + 1e-9  # rounded to the nearest integer
+    assert np.allclose(rh.sum(axis=1), 1) and np.allclose(resize_matrix(128, 32).sum(axis=1), 1)
 
 
 def bad(tmp_path, text=None, rows=None):
