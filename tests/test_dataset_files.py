@@ -78,6 +78,10 @@ def test_idx_archives_are_downloaded_verified_and_read(tmp_path, monkeypatch):
     register(monkeypatch, "mnist", files, urls)
     monkeypatch.delenv(dl.NO_DOWNLOAD_ENV)
     data_dir = tmp_path / "data"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = data_dir / "mnist" / f"train-images-idx3-ubyte.tmp{int(dead.stdout)}.gz"  # left by a killed download
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
 
     tx, ty, sx, sy = pipeline.load_raw("mnist", str(data_dir))
     for got, want in zip((tx[:, 0], ty, sx[:, 0], sy), arrays):
