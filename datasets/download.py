@@ -175,7 +175,7 @@ def download(archives: Sequence[Archive], folder: str) -> list:
 
 def _download(archive: Archive, folder: str) -> str:
     dest = os.path.join(folder, archive.name)
-    if os.environ.get(NO_DOWNLOAD_ENV):
+    if os.environ.get(NO_DOWNLOAD_ENV, "") not in ("", "0"):
         raise _Unavailable(f"{archive.name} is not in {folder} and downloads are off ({NO_DOWNLOAD_ENV} is set)")
     os.makedirs(folder, exist_ok=True)
     _remove_stale(folder, os.path.splitext(archive.name)[0])
