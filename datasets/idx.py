@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -19,11 +20,13 @@ def read_idx(path: str) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"cannot read {path} ({e}); delete it and fetch the dataset again")
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"cannot read {path} ({e}); delete it (it is downloaded again on the next run)") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path} is not a uint8 IDX file; delete it and fetch the dataset again")
+        raise UserError(f"{path} is not a uint8 IDX file; delete it (it is downloaded again on the next run)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated: its header is incomplete")
     shape = tuple(int(v) for v in np.frombuffer(raw, ">u4", ndim, offset=4))
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

@@ -7,30 +7,29 @@ training saw.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sgd_influence.errors import UserError
+from .download import ARCHIVES, download, extract, local_or_download, verify
 from .idx import find_idx, read_idx
+from .nnc_csv import read_image, read_rows
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "stl10")
-# Validation instances drawn from the official training set (design.md §3).
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "stl10", "csv")
+# Validation instances drawn from the official training set (design.md §3); for user CSVs
+# without --val-csv: CSV_VAL_FRACTION of the training CSV.
 VAL_SIZE = {"fashion_mnist": 10000, "mnist": 10000, "cifar10": 10000, "stl10": 1000}
+CSV_VAL_FRACTION = 0.1
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 PAD = 4  # random-crop padding in pixels
-URLS = {
-    "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-    "stl10": "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-}
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+STL10_FILES = ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")
 
 
 def default_data_dir() -> str:
@@ -98,93 +97,136 @@ def augment(padded: np.ndarray, indices: np.ndarray, seeds: np.ndarray, hw) -> n
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear interpolation matrix, half-pixel centres."""
+    """(n_out, n_in) bilinear interpolation matrix, half-pixel centres.
+
+    Enlarging: the two nearest input pixels. Shrinking: a triangle filter
+    widened to n_in / n_out input pixels (area-aware, so no aliasing); rows sum to 1.
+    """
     m = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
     for o in range(n_out):
-        c = (o + 0.5) * n_in / n_out - 0.5
-        lo = int(np.floor(c))
-        t = c - lo
-        for k, wgt in ((lo, 1 - t), (lo + 1, t)):
+        c = (o + 0.5) * scale - 0.5
+        if scale <= 1:
+            lo = int(np.floor(c))
+            t = c - lo
+            taps = ((lo, 1 - t), (lo + 1, t))
+        else:
+            ks = np.arange(int(np.floor(c - scale)) + 1, int(np.ceil(c + scale)))
+            taps = zip(ks, np.maximum(0.0, 1 - np.abs(ks - c) / scale))
+        for k, wgt in taps:
             m[o, min(max(k, 0), n_in - 1)] += wgt
+    m = m / m.sum(axis=1, keepdims=True) if scale > 1 else m
+    m.setflags(write=False)  # cached: shared by every call
     return m
 
 
-def resize_short_edge(x: np.ndarray) -> np.ndarray:
-    """Resize NCHW uint8 so the short edge lies in [32, 128] (MNIST 28 -> 32)."""
-    h, w = x.shape[2:]
+def short_edge_size(h: int, w: int) -> tuple:
+    """Model resolution of an h x w image: the short edge clamped to [32, 128], aspect kept
+    (MNIST 28 -> 32, CIFAR-10 32 and STL-10 96 unchanged)."""
     short = min(h, w)
     target = min(max(short, 32), 128)
-    if target == short:
+    return round(h * target / short), round(w * target / short)
+
+
+def resize(x: np.ndarray, hw: tuple) -> np.ndarray:
+    """Resize NCHW uint8 images to hw = (height, width) with `resize_matrix`."""
+    h, w = x.shape[2:]
+    if (h, w) == tuple(hw):
         return x
-    nh, nw = round(h * target / short), round(w * target / short)
-    rh, rw = resize_matrix(h, nh), resize_matrix(w, nw)
-    y = np.einsum("oh,nchw,pw->ncop", rh, x.astype(np.float64), rw, optimize=True)
+    y = resize_matrix(h, hw[0]) @ x.astype(np.float64) @ resize_matrix(w, hw[1]).T
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
-def _missing(name: str, data_dir: str, expected: str) -> UserError:
-    return UserError(
-        f"{name} files not found: expected {expected} under {data_dir} "
-        f"(download from {URLS[name]} and place them there, or pass --data-dir)")
+def resize_short_edge(x: np.ndarray) -> np.ndarray:
+    """Resize NCHW uint8 so the short edge lies in [32, 128] (`short_edge_size`)."""
+    return resize(x, short_edge_size(*x.shape[2:]))
 
 
-def _load_idx_dataset(name: str, dirs: list) -> tuple | None:
-    for d in dirs:
-        paths = [find_idx(d, s) for s in IDX_STEMS]
-        if all(paths):
-            xs = [read_idx(p) for p in paths]
-            return xs[0][:, None], xs[1].astype(np.int64), xs[2][:, None], xs[3].astype(np.int64)
-    return None
+def _load_idx_dataset(name: str, data_dir: str) -> tuple:
+    """Official (train_x, train_y, test_x, test_y) of an IDX dataset, downloaded if missing.
+
+    Looked for in <data_dir>/<name with '-'>, <data_dir> (and, for Fashion-MNIST,
+    the Debian package's folder): the first folder holding all four files
+    (each `.gz` or decompressed) is used; else the missing ones are downloaded
+    into the first folder.
+    """
+    archives = ARCHIVES[name]
+    dirs = [os.path.join(data_dir, name.replace("_", "-")), data_dir]
+    if name == "fashion_mnist":
+        dirs.append(DEBIAN_FASHION_MNIST)
+    found = [[find_idx(d, a.name[:-3]) for a in archives] for d in dirs]
+    paths = next((ps for ps in found if all(ps)), found[0])
+    for a, path in zip(archives, paths):
+        if path and path.endswith(".gz"):
+            verify(path, a)
+    fetched = iter(download([a for a, p in zip(archives, paths) if p is None], dirs[0]))
+    tx, ty, sx, sy = [read_idx(p or next(fetched)) for p in paths]
+    for x, y, part in ((tx, ty, "train"), (sx, sy, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise UserError(f"{name}: {part} images {x.shape} and labels {y.shape} do not match; "
+                            f"these are not the official files (delete them to download them again)")
+    return tx[:, None], ty.astype(np.int64), sx[:, None], sy.astype(np.int64)
+
+
+def _records(path: str, record: int) -> np.ndarray:
+    """A file of fixed-size uint8 records as an (N, record) array."""
+    raw = np.fromfile(path, np.uint8)
+    if raw.size == 0 or raw.size % record:
+        raise UserError(f"{path} is truncated (size {raw.size} is not a multiple of {record}); "
+                        f"delete its folder to extract the archive again")
+    return raw.reshape(-1, record)
 
 
 def _read_cifar10(folder: str) -> tuple:
+    """CIFAR-10 binary version: records of 1 label byte + 3072 pixel bytes (R, G, B planes, row-major)."""
     def read(fname):
-        path = os.path.join(folder, fname)
-        raw = np.fromfile(path, np.uint8)
-        if raw.size % 3073:
-            raise UserError(f"{path} is truncated (size {raw.size} is not a multiple of 3073)")
-        rec = raw.reshape(-1, 3073)
+        rec = _records(os.path.join(folder, fname), 3073)
         return rec[:, 1:].reshape(-1, 3, 32, 32), rec[:, 0].astype(np.int64)
-    parts = [read(f"data_batch_{i}.bin") for i in range(1, 6)]
-    tx, ty = read("test_batch.bin")
+    parts = [read(f) for f in CIFAR_FILES[:-1]]
+    tx, ty = read(CIFAR_FILES[-1])
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), tx, ty
 
 
 def _read_stl10(folder: str) -> tuple:
+    """STL-10 binary: 96x96x3 images stored column-major, labels 1..10 (returned as 0..9)."""
     def images(fname):
-        raw = np.fromfile(os.path.join(folder, fname), np.uint8)
-        # Stored column-major: (N, C, W, H) in C order -> transpose to NCHW.
-        return raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
-    def labels(fname):
-        return np.fromfile(os.path.join(folder, fname), np.uint8).astype(np.int64) - 1
-    return images("train_X.bin"), labels("train_y.bin"), images("test_X.bin"), labels("test_y.bin")
+        # Column-major: (N, C, W, H) in C order -> transpose to NCHW.
+        return _records(os.path.join(folder, fname), 3 * 96 * 96).reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
+
+    def labels(fname, n):
+        y = np.fromfile(os.path.join(folder, fname), np.uint8).astype(np.int64) - 1
+        if len(y) != n or y.min() < 0:
+            raise UserError(f"{os.path.join(folder, fname)} holds {len(y)} labels for {n} images "
+                            f"(or a label 0); delete its folder to extract the archive again")
+        return y
+    tx, sx = images("train_X.bin"), images("test_X.bin")
+    return tx, labels("train_y.bin", len(tx)), sx, labels("test_y.bin", len(sx))
+
+
+def _extracted(name: str, data_dir: str, folder: str, files: tuple) -> str:
+    """<data_dir>/<folder> holding `files`, extracted from the official archive if needed."""
+    path = os.path.join(data_dir, folder)
+    missing = [f for f in files if not os.path.isfile(os.path.join(path, f))]
+    if not missing:
+        return path
+    if os.path.isdir(path):
+        raise UserError(f"{path} lacks {', '.join(missing)}; delete the folder (it is extracted again "
+                        f"from {ARCHIVES[name][0].name}) or complete it")
+    archive = local_or_download(ARCHIVES[name][0], [data_dir])
+    extract(archive, [f"{folder}/{f}" for f in files], path)
+    return path
 
 
 def load_raw(name: str, data_dir: str) -> tuple:
     """Official (train_x, train_y, test_x, test_y), images uint8 NCHW."""
     if name in ("fashion_mnist", "mnist"):
-        folder = name.replace("_", "-")
-        dirs = [os.path.join(data_dir, folder), data_dir]
-        if name == "fashion_mnist":
-            dirs.append(DEBIAN_FASHION_MNIST)
-        raw = _load_idx_dataset(name, dirs)
-        if raw is None:
-            hint = " (or run tools/fetch_fashion_mnist.sh)" if name == "fashion_mnist" else ""
-            raise UserError(
-                f"{name} files not found: expected {', '.join(s + '.gz' for s in IDX_STEMS)} "
-                f"in {dirs[0]}{hint}; download from {URLS[name]} or pass --data-dir")
-        return raw
+        return _load_idx_dataset(name, data_dir)
     if name == "cifar10":
-        folder = os.path.join(data_dir, "cifar-10-batches-bin")
-        if not os.path.isfile(os.path.join(folder, "test_batch.bin")):
-            raise _missing(name, data_dir, "cifar-10-batches-bin/ (extracted cifar-10-binary.tar.gz)")
-        return _read_cifar10(folder)
+        return _read_cifar10(_extracted(name, data_dir, "cifar-10-batches-bin", CIFAR_FILES))
     if name == "stl10":
-        folder = os.path.join(data_dir, "stl10_binary")
-        if not os.path.isfile(os.path.join(folder, "test_X.bin")):
-            raise _missing(name, data_dir, "stl10_binary/ (extracted stl10_binary.tar.gz)")
-        return _read_stl10(folder)
+        return _read_stl10(_extracted(name, data_dir, "stl10_binary", STL10_FILES))
     raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -196,30 +238,79 @@ def _take(n: int | None, available: int, what: str) -> int:
     return n
 
 
-def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int | None = None,
-                 n_val: int | None = None, n_test: int | None = None) -> Data:
-    """Load `name`, split validation from the official training set with `seed`.
+def _official_split(name: str, part: str, x: np.ndarray, y: np.ndarray) -> Split:
+    """All instances of an official file; ids `<name>/<part>/<index in the file>`."""
+    return Split(x, y, np.array([f"{name}/{part}/{i:05d}" for i in range(len(y))]))
 
-    The validation split holds VAL_SIZE[name] instances drawn by a permutation
-    seeded with the trial seed; `n_train`/`n_val`/`n_test` then keep the first
-    N of each split (test: the official order).
+
+def _csv_split(csv_path: str, rows: list, hw: tuple | None) -> Split:
+    """The rows of an NNC CSV, images at resolution hw (None: from the first image); ids = image paths."""
+    images = []
+    for line, path, _ in rows:
+        img = read_image(path, f"{csv_path}: row {line}")
+        hw = hw or short_edge_size(*img.shape[1:])
+        images.append(resize(img[None], hw)[0])
+    channels = max(img.shape[0] for img in images)
+    x = np.stack([np.repeat(img, channels // img.shape[0], axis=0) for img in images])
+    return Split(x, np.array([r[2] for r in rows], np.int64), np.array([r[1] for r in rows]))
+
+
+def _load_csv(train_csv: str | None, val_csv: str | None, test_csv: str | None) -> tuple:
+    """(train, val or None, test) Splits of the user's CSVs, at one resolution and channel count."""
+    if not train_csv or not test_csv:
+        raise UserError("-ds csv needs --train-csv and --test-csv (and optionally --val-csv): "
+                        "Neural Network Console dataset CSVs with the header x:image,y:label")
+    paths = [os.path.abspath(p) if p else None for p in (train_csv, val_csv, test_csv)]
+    rows = [read_rows(p) if p else None for p in paths]  # every CSV checked before any image is decoded
+    train = _csv_split(paths[0], rows[0], None)
+    parts = [train] + [_csv_split(p, r, train.x.shape[2:]) if p else None for p, r in zip(paths[1:], rows[1:])]
+    channels = max(s.x.shape[1] for s in parts if s is not None)
+    for s in parts:
+        if s is not None and s.x.shape[1] < channels:
+            s.x = np.repeat(s.x, channels, axis=1)
+    return tuple(parts)
+
+
+def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int | None = None,
+                 n_val: int | None = None, n_test: int | None = None, train_csv: str | None = None,
+                 val_csv: str | None = None, test_csv: str | None = None) -> Data:
+    """Load `name` and split validation from the training set with `seed`.
+
+    Built-in datasets: validation is VAL_SIZE[name] instances of the official
+    training set drawn by a permutation seeded with the trial seed; the rest,
+    in that permuted order, is the training split. `csv`: the same with
+    CSV_VAL_FRACTION of the training CSV when `val_csv` is None, else the
+    CSVs as given, in file order. `n_train`/`n_val`/`n_test` then keep the
+    first N of each split (test: file order). Split ids (the influence CSV's
+    `x:image`): `<name>/<train|test>/<index in the official file>` for built-ins,
+    the absolute image path for CSVs.
     """
-    data_dir = data_dir or default_data_dir()
-    tx, ty, sx, sy = load_raw(name, data_dir)
-    perm = np.random.RandomState(seed).permutation(len(ty))
-    n_val_all = VAL_SIZE[name]
-    val_idx, train_idx = perm[:n_val_all], perm[n_val_all:]
+    if name == "csv":
+        train, val, test = _load_csv(train_csv, val_csv, test_csv)
+    else:
+        if train_csv or val_csv or test_csv:
+            raise UserError(f"--train-csv/--val-csv/--test-csv are used only with -ds csv, not -ds {name}")
+        tx, ty, sx, sy = load_raw(name, os.path.abspath(data_dir or default_data_dir()))
+        train, val, test = _official_split(name, "train", tx, ty), None, _official_split(name, "test", sx, sy)
+    if val is None:
+        n_val_all = VAL_SIZE[name] if name in VAL_SIZE else max(1, int(len(train) * CSV_VAL_FRACTION))
+        if n_val_all >= len(train):
+            raise UserError(f"the training set has {len(train)} instances, too few to split off "
+                            f"{n_val_all} for validation")
+        perm = np.random.RandomState(seed).permutation(len(train))
+        val, val_idx, train_idx = train, perm[:n_val_all], perm[n_val_all:]
+    else:
+        train_idx, val_idx = np.arange(len(train)), np.arange(len(val))
     train_idx = train_idx[:_take(n_train, len(train_idx), "--n-train")]
     val_idx = val_idx[:_take(n_val, len(val_idx), "--n-val")]
-    test_idx = np.arange(_take(n_test, len(sy), "--n-test"))
+    test_idx = np.arange(_take(n_test, len(test), "--n-test"))
 
-    def split(x, y, idx, part):
-        ids = np.array([f"{name}/{part}/{i:05d}" for i in idx])
-        return Split(resize_short_edge(x[idx]), y[idx].astype(np.int64), ids)
+    def take(s: Split, idx: np.ndarray) -> Split:
+        return Split(resize_short_edge(s.x[idx]), s.y[idx].astype(np.int64), s.ids[idx])
 
-    channels = tx.shape[1]
+    channels = train.x.shape[1]
     mean = np.full(1, 0.5) if channels == 1 else np.array(CIFAR_MEAN)
     std = np.full(1, 0.5) if channels == 1 else np.array(CIFAR_STD)
-    return Data(name, split(tx, ty, train_idx, "train"), split(tx, ty, val_idx, "train"),
-                split(sx, sy, test_idx, "test"), int(max(ty.max(), sy.max())) + 1,
+    n_classes = int(max(s.y.max() for s in (train, val, test))) + 1
+    return Data(name, take(train, train_idx), take(val, val_idx), take(test, test_idx), n_classes,
                 mean.astype(np.float32), std.astype(np.float32))

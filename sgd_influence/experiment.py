@@ -78,6 +78,12 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
     p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
+    # Users' own data: Neural Network Console dataset CSVs (stored as absolute paths in run.json).
+    p.add_argument("--train-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: training CSV (header x:image,y:label; image paths relative to the CSV's folder)")
+    p.add_argument("--val-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: validation CSV (default: 10%% of --train-csv, drawn with the trial seed)")
+    p.add_argument("--test-csv", type=os.path.abspath, default=None, help="-ds csv: test CSV")
     p.add_argument("--methods", nargs="+", choices=list(METHOD_UNITS), default=list(default_methods),
                    metavar="METHOD", help=f"methods to run, any of {' '.join(METHOD_UNITS)} "
                                           f"(one training serves them all)")
@@ -109,12 +115,13 @@ def set_context(device_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def get_data(dataset, seed, data_dir, n_train, n_val, n_test):
-    return load_dataset(dataset, seed, data_dir, n_train, n_val, n_test)
+def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv):
+    return load_dataset(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv)
 
 
 def data_for(args, seed: int):
-    return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test)
+    return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test,
+                    args.train_csv, args.val_csv, args.test_csv)
 
 
 def run_units(units: List[tuple], args, desc: str) -> None:
@@ -205,7 +212,7 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "if_alpha", "if_lr", "if_momentum", "if_epochs")
+                   "no_augment", "train_csv", "val_csv", "test_csv", "if_alpha", "if_lr", "if_momentum", "if_epochs")
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 

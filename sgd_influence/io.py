@@ -3,9 +3,11 @@ place, so a file that exists is complete. Paths of the output layout live here."
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
+from io import StringIO
 
 import numpy as np
 
@@ -64,19 +66,22 @@ def write_influence_csv(path: str, ids: np.ndarray, labels: np.ndarray, influenc
     """`x:image,y:label,influence,datasource_index`, most negative first.
 
     Ties are broken by datasource_index so the file is a pure function of the scores.
+    `x:image` is quoted by CSV rules only when needed (an image path holding a comma or quote).
     """
     order = np.lexsort((np.arange(len(influence)), influence))
-    lines = ["x:image,y:label,influence,datasource_index"]
-    lines += [f"{ids[i]},{labels[i]},{influence[i]:.9e},{i}" for i in order]
-    write_text(path, "\n".join(lines) + "\n")
+    buf = StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["x:image", "y:label", "influence", "datasource_index"])
+    w.writerows([ids[i], labels[i], f"{influence[i]:.9e}", i] for i in order)
+    write_text(path, buf.getvalue())
 
 
 def read_removal_order(path: str) -> np.ndarray:
     """The datasource_index column of an influence CSV, in file order."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-        col = header.index("datasource_index")
-        return np.array([int(line.rstrip("\n").split(",")[col]) for line in f if line.strip()], np.int64)
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        col = next(rows).index("datasource_index")
+        return np.array([int(r[col]) for r in rows if r], np.int64)
 
 
 SCORE_COLUMNS = ("val_loss", "test_loss", "val_accuracy", "test_accuracy")

@@ -9,6 +9,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Nothing is downloaded in tests (inherited by the drivers the tests start); download tests
+# lift it and point the archive table at file:// URLs.
+os.environ["SGD_INFLUENCE_NO_DOWNLOAD"] = "1"
 
 from datasets import Data, Split  # noqa: E402
 from models import cnn  # noqa: E402
@@ -45,10 +48,16 @@ def data():
     return tiny_data()
 
 
+def idx_bytes(arr) -> bytes:
+    """An IDX file: 0, 0, type 0x08 (uint8), ndim, big-endian uint32 dims, then the bytes."""
+    arr = np.asarray(arr)
+    return (bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+            + arr.astype(np.uint8).tobytes())
+
+
 def write_idx(path, arr):
     with open(path, "wb") as f:
-        f.write(bytes([0, 0, 8, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape))
-        f.write(arr.astype(np.uint8).tobytes())
+        f.write(idx_bytes(arr))
 
 
 @pytest.fixture(scope="session")
