@@ -71,12 +71,26 @@ def write_influence_csv(path: str, ids: np.ndarray, labels: np.ndarray, influenc
     write_text(path, "\n".join(lines) + "\n")
 
 
+def read_influence_csv(path: str) -> dict:
+    """Columns of an influence CSV in file order (most negative first):
+    ids (str), labels, influence, index (datasource_index: position in the run's training split).
+
+    Parsed from the right, so an id may itself contain commas.
+    """
+    with open(path) as f:
+        header = f.readline().strip()
+        if header != "x:image,y:label,influence,datasource_index":
+            raise ValueError(f"{path}: not an influence file (header {header!r})")
+        rows = [line.rstrip("\n").rsplit(",", 3) for line in f if line.strip()]
+    return {"ids": np.array([r[0] for r in rows]),
+            "labels": np.array([int(r[1]) for r in rows], np.int64),
+            "influence": np.array([float(r[2]) for r in rows], np.float64),
+            "index": np.array([int(r[3]) for r in rows], np.int64)}
+
+
 def read_removal_order(path: str) -> np.ndarray:
     """The datasource_index column of an influence CSV, in file order."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-        col = header.index("datasource_index")
-        return np.array([int(line.rstrip("\n").split(",")[col]) for line in f if line.strip()], np.int64)
+    return read_influence_csv(path)["index"]
 
 
 SCORE_COLUMNS = ("val_loss", "test_loss", "val_accuracy", "test_accuracy")
