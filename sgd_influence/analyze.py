@@ -37,7 +37,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +58,16 @@ PAPER_TABLE1 = {  # dataset: (training images, input channels, {cache: bytes as 
     "cifar10": (40000, 3, {"all": 30.90e9, "hara": 1.545e9, "ours": 1.236e6}),
 }
 CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"))
+
+class Row(NamedTuple):
+    """One line of summary.csv."""
+    batch_size: Optional[int]
+    method: str
+    n_removed: int
+    mean: float
+    std: float  # sample standard deviation over trials (ddof=1), 0 for one trial
+    n_trials: int
+
 
 Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -> final test accuracy
 Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
@@ -176,14 +186,14 @@ def merge_influence(parts: Sequence[Tuple[str, Influence]]) -> Influence:
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(scores: Scores, batch_size: Optional[int] = None) -> List[tuple]:
-    """Rows (batch_size, method, n_removed, mean, std, n_trials); std is the sample std (ddof=1), 0 for one trial."""
+def summarize(scores: Scores, batch_size: Optional[int] = None) -> List[Row]:
+    """Mean and sample standard deviation over trials per method and n, methods in METHOD_ORDER."""
     rows = []
     for method in sorted(scores, key=method_key):
         for n in sorted(scores[method]):
             acc = np.array([scores[method][n][s] for s in sorted(scores[method][n])])
             std = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
-            rows.append((batch_size, method, n, float(acc.mean()), std, len(acc)))
+            rows.append(Row(batch_size, method, n, float(acc.mean()), std, len(acc)))
     return rows
 
 
@@ -200,7 +210,7 @@ def no_removal(scores: Scores) -> Optional[Tuple[float, float, int]]:
     return float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, len(acc)
 
 
-def write_summary(path: str, rows: Sequence[tuple]) -> None:
+def write_summary(path: str, rows: Sequence[Row]) -> None:
     lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials"]
     lines += [f"{'' if b is None else b},{m},{n},{mean:.6f},{std:.6f},{k}" for b, m, n, mean, std, k in rows]
     io.write_text(path, "\n".join(lines) + "\n")
@@ -274,15 +284,16 @@ def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int) -> Dict[str
 
 
 def find_cache_size(folders: Sequence[Folder]) -> Optional[Tuple[Folder, dict]]:
+    """The first cache_size.json that measured Hara's store, else the first at all (trials are alike)."""
+    found = []
     for f in folders:
         for path in sorted(glob.glob(os.path.join(f.path, "train", "seed_*", "cache_size.json"))):
             with open(path) as fh:
-                return f, json.load(fh)
-    return None
+                found.append((f, json.load(fh)))
+    return next((x for x in found if "hara_bytes" in x[1]), found[0] if found else None)
 
 
-def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optional[int], Optional[int]],
-                paper_model=model_param_bytes) -> List[dict]:
+def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optional[int], Optional[int]]) -> List[dict]:
     """This run's measured cache sizes (per batch size), then the paper-scale projection.
 
     Measured: Ours = the final .h5 checkpoint, Hara = the per-step float32 store of the last epoch;
@@ -299,17 +310,16 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
         n = n_train.get(bs)
         t = c.get("hara_steps") or (math.ceil(n / bs) if n and bs else None)
         pb = int(c["param_bytes_float32"])
-        f32 = cache_bytes(pb, t or 0, epochs or 0)
-        saved = {"ours": c["ours_bytes"], "hara": c.get("hara_bytes"),
-                 "all": c["hara_bytes"] * epochs if c.get("hara_bytes") and epochs else None}
+        f32 = cache_bytes(pb, t, epochs) if t and epochs else {"ours": pb}
+        hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
+        saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None}
         for cache, _ in CACHES:
-            known = cache == "ours" or (t and (cache == "hara" or epochs))
             rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
                          "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
-                         "cache": cache, "float32_bytes": f32[cache] if known else None,
-                         "saved_bytes": saved[cache], "paper_bytes": None})
+                         "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
+                         "paper_bytes": None})
     for dataset, (n, channels, paper) in PAPER_TABLE1.items():
-        count, h5 = paper_model(channels)
+        count, h5 = model_param_bytes(channels)
         t = math.ceil(n / PAPER_BATCH)
         f32 = cache_bytes(4 * count, t, PAPER_EPOCHS)
         saved = dict(f32, ours=h5)  # Hara's store here is raw float32: exactly |theta| x T x 4 bytes
@@ -390,19 +400,20 @@ def save(fig, path: str) -> None:
     pyplot().close(fig)
 
 
-def accuracy_panel(ax, rows: Sequence[tuple], base, errorbars: bool, title: str) -> None:
+def accuracy_panel(ax, rows: Sequence[Row], base, errorbars: bool, title: str) -> None:
     """Test accuracy vs number removed (log x) per method, the No Removal accuracy as a line."""
     if base:
-        ax.axhline(base[0], color="gray", ls="--", label="No Removal")
-        if errorbars and base[1] > 0:
-            ax.axhspan(base[0] - base[1], base[0] + base[1], color="gray", alpha=0.15)
-    for method in dict.fromkeys(r[1] for r in rows):
-        rs = [r for r in rows if r[1] == method and r[2] > 0]
+        mean, std, _ = base
+        ax.axhline(mean, color="gray", ls="--", label="No Removal")
+        if errorbars and std > 0:
+            ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
+    for method in dict.fromkeys(r.method for r in rows):
+        rs = [r for r in rows if r.method == method and r.n_removed > 0]
         if rs:
-            n, mean, std = (np.array([r[i] for r in rs]) for i in (2, 3, 4))
-            ax.errorbar(n, mean, yerr=std if errorbars else None, marker="o", ms=4, capsize=3,
+            ax.errorbar([r.n_removed for r in rs], [r.mean for r in rs],
+                        yerr=[r.std for r in rs] if errorbars else None, marker="o", ms=4, capsize=3,
                         color=color(method), label=method)
-    ns = sorted({r[2] for r in rows if r[2] > 0})
+    ns = sorted({r.n_removed for r in rows if r.n_removed > 0})
     if ns:  # log x with the removal sizes themselves as ticks
         import matplotlib.ticker as mticker
         ax.set_xscale("log")
@@ -416,12 +427,12 @@ def accuracy_panel(ax, rows: Sequence[tuple], base, errorbars: bool, title: str)
     ax.legend(fontsize=8)
 
 
-def trials_text(rows: Sequence[tuple]) -> str:
-    k = sorted({r[5] for r in rows})
+def trials_text(rows: Sequence[Row]) -> str:
+    k = sorted({r.n_trials for r in rows})
     return f"{k[0]} trial{'s' if k[0] > 1 else ''}" if len(k) == 1 else f"{k[0]}-{k[-1]} trials"
 
 
-def plot_result(rows, base, path: str, errorbars: bool, title: str) -> None:
+def plot_result(rows: Sequence[Row], base, path: str, errorbars: bool, title: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     accuracy_panel(ax, rows, base, errorbars, title + (", ±1 std over trials" if errorbars else ", mean over trials"))
@@ -429,7 +440,7 @@ def plot_result(rows, base, path: str, errorbars: bool, title: str) -> None:
     save(fig, path)
 
 
-def plot_batch_sizes(by_bs: Dict[int, Tuple[list, tuple]], path: str, dataset: str) -> None:
+def plot_batch_sizes(by_bs: Dict[int, Tuple[List[Row], tuple]], path: str, dataset: str) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(by_bs), figsize=(4.2 * len(by_bs), 3.8), sharey=True, squeeze=False)
     for ax, bs in zip(axes[0], sorted(by_bs)):
@@ -525,89 +536,116 @@ def write_grids(influence: Influence, source: Dict[str, Folder], fig_dir: str) -
 
 
 # ------------------------------------------------------------------------ driver
-def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Sequence[int] = (),
-            images: bool = True) -> List[tuple]:
-    """Write the summary, Table 1, agreement and figures of `folders` under `out` (default: folders[0])."""
-    paths = [folders] if isinstance(folders, str) else list(folders)
+@dataclass
+class Inputs:
+    """The folders to analyse, grouped by batch size, with their results merged per group."""
+    runs: List[Folder]
+    groups: Dict[Optional[int], List[Folder]]  # batch size -> folders
+    scores: Dict[Optional[int], Scores]  # batch size -> merged scores
+    influence: Influence  # the first folder's batch size, merged
+    source: Dict[str, Folder]  # method -> the first folder holding its influence files
+    n_train: Dict[Optional[int], Optional[int]]  # batch size -> training-set size
+
+    @property
+    def primary(self) -> Optional[int]:
+        return self.runs[0].batch_size
+
+
+def gather(paths: Sequence[str]) -> Inputs:
     runs = [read_folder(p) for p in paths]
     check_mergeable(runs)
-    out = out or paths[0]
-    summary_dir, fig_dir = os.path.join(out, "summary"), os.path.join(out, "fig")
-
     groups: Dict[Optional[int], List[Folder]] = {}
     for r in runs:
         groups.setdefault(r.batch_size, []).append(r)
-    primary = runs[0].batch_size
     scores = {bs: merge_scores([(f.path, collect(f.path)) for f in fs]) for bs, fs in groups.items()}
     found = {bs: [(f, collect_influence(f.path)) for f in fs] for bs, fs in groups.items()}
-    influence = merge_influence([(f.path, inf) for f, inf in found[primary]])
-    source = {}  # method -> the first folder holding its influence files
+    primary = runs[0].batch_size
+    source: Dict[str, Folder] = {}
     for f, inf in found[primary]:
         for m in inf:
             source.setdefault(m, f)
-    if not any(scores.values()) and not influence:
-        raise UserError(f"no score or influence files under {', '.join(paths)}; run a driver first")
-
-    # Summary and accuracy figures.
-    rows = [row for bs in sorted(scores, key=lambda b: (b != primary, b or 0)) for row in summarize(scores[bs], bs)]
-    written = []
-    dataset = runs[0].settings.get("dataset", "")
-    if rows:
-        write_summary(os.path.join(summary_dir, "summary.csv"), rows)
-        prow, base = [r for r in rows if r[0] == primary], no_removal(scores[primary])
-        title = f"{dataset} batch size {primary} ({trials_text(prow)})" if primary else os.path.basename(out)
-        plot_result(prow, base, os.path.join(fig_dir, "result.png"), False, title)
-        plot_result(prow, base, os.path.join(fig_dir, "result_errorbars.png"), True, title)
-        written += ["summary/summary.csv", "fig/result.png", "fig/result_errorbars.png"]
-        sizes_bs = [bs for bs in scores if bs is not None and scores[bs]]
-        if len(sizes_bs) > 1:
-            plot_batch_sizes({bs: ([r for r in rows if r[0] == bs], no_removal(scores[bs])) for bs in sizes_bs},
-                             os.path.join(fig_dir, "batch_size.png"), dataset)
-            written.append("fig/batch_size.png")
-    if skipped:
-        io.write_text(os.path.join(summary_dir, "skipped.txt"),
-                      "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
-
-    # Agreement of the scoring methods.
-    sizes = {n for by_n in scores[primary].values() for n in by_n}
-    for f in groups[primary]:
-        sizes |= set(f.settings.get("remove_n_list", []))
-    agree = agreement_rows(influence, sorted(sizes))
-    if agree:
-        write_agreement(os.path.join(summary_dir, "agreement.csv"), agree)
-        written.append("summary/agreement.csv")
-        for seed in sorted({r["seed"] for r in agree}):
-            plot_agreement([r for r in agree if r["seed"] == seed], os.path.join(fig_dir, f"agreement_seed{seed}.png"),
-                           seed)
-            written.append(f"fig/agreement_seed{seed}.png")
-
-    # Table 1.
-    n_train = {}  # training-set size: the length of an influence file, else the --n-train setting
+    n_train = {}  # the length of an influence file, else the --n-train setting
     for bs, pairs in found.items():
         files = [p for _, inf in pairs for by_seed in inf.values() for p in by_seed.values()]
         n_train[bs] = len(io.read_removal_order(files[0])) if files else groups[bs][0].settings.get("n_train")
-    table = table1_rows(groups, n_train)
-    write_table1(os.path.join(summary_dir, "table1_cache.csv"), os.path.join(summary_dir, "table1_cache.md"), table)
-    written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
+    inputs = Inputs(runs, groups, scores, merge_influence([(f.path, inf) for f, inf in found[primary]]), source,
+                    n_train)
+    if not any(scores.values()) and not inputs.influence:
+        raise UserError(f"no score or influence files under {', '.join(paths)}; run a driver first")
+    return inputs
 
+
+def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
+    """summary.csv for every batch size; Figs. 2 and 4 for the first folder's; Fig. 5 across batch sizes."""
+    order = sorted(inp.scores, key=lambda b: (b != inp.primary, b or 0))
+    rows = [row for bs in order for row in summarize(inp.scores[bs], bs)]
+    if not rows:
+        return rows, []
+    write_summary(os.path.join(out, "summary", "summary.csv"), rows)
+    dataset = inp.runs[0].settings.get("dataset", "")
+    prow, base = [r for r in rows if r.batch_size == inp.primary], no_removal(inp.scores[inp.primary])
+    title = f"{dataset} batch size {inp.primary} ({trials_text(prow)})" if inp.primary else os.path.basename(out)
+    plot_result(prow, base, os.path.join(out, "fig", "result.png"), False, title)
+    plot_result(prow, base, os.path.join(out, "fig", "result_errorbars.png"), True, title)
+    written = ["summary/summary.csv", "fig/result.png", "fig/result_errorbars.png"]
+    sizes = [bs for bs in order if bs is not None and inp.scores[bs]]
+    if len(sizes) > 1:
+        panels = {bs: ([r for r in rows if r.batch_size == bs], no_removal(inp.scores[bs])) for bs in sizes}
+        plot_batch_sizes(panels, os.path.join(out, "fig", "batch_size.png"), dataset)
+        written.append("fig/batch_size.png")
+    return rows, written
+
+
+def agreement_outputs(inp: Inputs, out: str) -> Tuple[List[dict], List[str]]:
+    """agreement.csv and one scatter figure per trial, for the removal sizes of the run(s)."""
+    sizes = {n for by_n in inp.scores[inp.primary].values() for n in by_n}
+    for f in inp.groups[inp.primary]:
+        sizes |= set(f.settings.get("remove_n_list", []))
+    agree = agreement_rows(inp.influence, sorted(sizes))
+    if not agree:
+        return agree, []
+    write_agreement(os.path.join(out, "summary", "agreement.csv"), agree)
+    written = ["summary/agreement.csv"]
+    for seed in sorted({r["seed"] for r in agree}):
+        plot_agreement([r for r in agree if r["seed"] == seed], os.path.join(out, "fig", f"agreement_seed{seed}.png"),
+                       seed)
+        written.append(f"fig/agreement_seed{seed}.png")
+    return agree, written
+
+
+def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Sequence[int] = (),
+            images: bool = True) -> List[Row]:
+    """Write the summary, Table 1, agreement and figures of `folders` under `out` (default: folders[0])."""
+    paths = [folders] if isinstance(folders, str) else list(folders)
+    inp = gather(paths)
+    out = out or paths[0]
+    rows, written = accuracy_outputs(inp, out)
+    if skipped:
+        io.write_text(os.path.join(out, "summary", "skipped.txt"),
+                      "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
+    agree, files = agreement_outputs(inp, out)
+    written += files
+    write_table1(os.path.join(out, "summary", "table1_cache.csv"), os.path.join(out, "summary", "table1_cache.md"),
+                 table1_rows(inp.groups, inp.n_train))
+    written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
     if images:
-        written += [os.path.relpath(p, out) for p in write_grids(influence, source, fig_dir)]
-    io.write_json(os.path.join(summary_dir, "inputs.json"),
+        written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
+    io.write_json(os.path.join(out, "summary", "inputs.json"),
                   {"folders": [os.path.abspath(p) for p in paths],
-                   "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in runs}})
+                   "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
     report(rows, agree, out, written)
     return rows
 
 
-def report(rows: Sequence[tuple], agree: Sequence[dict], out: str, written: Sequence[str]) -> None:
+def report(rows: Sequence[Row], agree: Sequence[dict], out: str, written: Sequence[str]) -> None:
     if rows:
         print("batch  method               n_removed  test_accuracy (mean ± std, trials)")
-        for b, m, n, mean, std, k in rows:
-            print(f"{'' if b is None else b:>5}  {m:<20} {n:>9}  {mean:.4f} ± {std:.4f} ({k})")
+        for r in rows:
+            print(f"{'' if r.batch_size is None else r.batch_size:>5}  {r.method:<20} {r.n_removed:>9}  "
+                  f"{r.mean:.4f} ± {r.std:.4f} ({r.n_trials})")
     if agree:
         print("agreement (mean over trials): pair, Spearman, Kendall tau-b")
-        pairs = dict.fromkeys((r["method_a"], r["method_b"]) for r in agree)
-        for a, b in pairs:
+        for a, b in dict.fromkeys((r["method_a"], r["method_b"]) for r in agree):
             rs = {r["seed"]: r for r in agree if (r["method_a"], r["method_b"]) == (a, b)}.values()
             print(f"  {a} vs {b}: {np.mean([r['spearman'] for r in rs]):.3f}, "
                   f"{np.mean([r['kendall_tau_b'] for r in rs]):.3f}")
