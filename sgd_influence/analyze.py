@@ -12,7 +12,7 @@ first OUT):
   summary/table1_cache.md      Hara (theta x T) and Ours (theta), measured here and projected to paper scale
   summary/agreement.csv      per trial and pair of scoring methods: Spearman, Kendall tau-b, overlap of
                              the n most negative for every removal size n
-  summary/inputs.json        the folders analysed
+  summary/inputs.json        the folders analysed (only when merging or given --out)
   fig/result.png             Fig. 2: mean test accuracy vs number removed, No Removal line
   fig/result_errorbars.png   Fig. 4: the same with +-1 sample standard deviation over trials
   fig/batch_size.png         Fig. 5: one panel per batch size (only given folders of several -bs)
@@ -630,9 +630,11 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
     written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
     if images:
         written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
-    io.write_json(os.path.join(out, "summary", "inputs.json"),
-                  {"folders": [os.path.abspath(p) for p in paths],
-                   "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
+    if len(paths) > 1 or os.path.abspath(out) != os.path.abspath(paths[0]):  # a merge: record its inputs
+        io.write_json(os.path.join(out, "summary", "inputs.json"),
+                      {"folders": [os.path.abspath(p) for p in paths],
+                       "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
+        written.append("summary/inputs.json")
     report(rows, agree, out, written)
     return rows
 

@@ -36,6 +36,8 @@ def influence_values(method):
         a = -a
     if method == "Random":
         a = np.random.default_rng(0).permutation(N_TRAIN) / N_TRAIN
+    if method == "Loss":  # a method added later: found by its folder name
+        a = a % 7
     return a
 
 
@@ -45,9 +47,10 @@ def write_folder(out, idx_dir, methods=("Hara", "Ours", "Random"), seeds=(0, 1, 
     for seed in seeds:
         train = load_dataset("fashion_mnist", seed, idx_dir, N_TRAIN, 8, 8).train
         for m in methods:
-            io.write_influence_csv(io.influence_path(out, m, seed), train.ids, train.y, influence_values(m))
+            path = os.path.join(out, "influence", m, f"influence_{m.lower()}_{seed}.csv")
+            io.write_influence_csv(path, train.ids, train.y, influence_values(m))
             for (mm, n), accs in ACC.items():
-                if mm == ("Random" if m == "Random" else "Hara" if m == "Influence_functions" else m):
+                if mm == (m if m in ("Hara", "Ours", "Random") else "Hara"):
                     io.write_score_csv(io.score_path(out, m, n, seed),
                                        [(1.0, 1.0, 0.5, 0.1), (0.5, 0.5, 0.7, accs[seed] + acc_shift)])
         steps = math.ceil(N_TRAIN / s["batch_size"])
@@ -208,14 +211,19 @@ def test_grids_refuse_files_of_other_data(single, tmp_path, capsys):
 # ------------------------------------------------------------------------ merging
 def test_merge_sgd_and_influence_function_folders(idx_dir, tmp_path, capsys):
     sgd = write_folder(str(tmp_path / "sgd"), idx_dir)
-    inf = write_folder(str(tmp_path / "if"), idx_dir, methods=("Influence_functions", "Random"))
+    inf = write_folder(str(tmp_path / "if"), idx_dir, methods=("Loss", "Influence_functions", "Random"))
     merged = str(tmp_path / "merged")
     assert A.main([sgd, inf, "--out", merged, "--no-images"]) == 0
     assert "warning" not in capsys.readouterr().err  # Random is in both, identical
     rows = read_csv(os.path.join(merged, "summary", "summary.csv"))
-    assert list(dict.fromkeys(r["method"] for r in rows)) == ["Hara", "Ours", "Influence_functions", "Random"]
-    assert {(r["method_a"], r["method_b"]) for r in read_csv(os.path.join(merged, "summary", "agreement.csv"))} \
-        == {("Hara", "Ours"), ("Hara", "Influence_functions"), ("Ours", "Influence_functions")}
+    assert list(dict.fromkeys(r["method"] for r in rows)) == ["Hara", "Ours", "Influence_functions", "Random", "Loss"]
+    agree = read_csv(os.path.join(merged, "summary", "agreement.csv"))
+    assert list(dict.fromkeys((r["method_a"], r["method_b"]) for r in agree)) == [
+        ("Hara", "Ours"), ("Hara", "Influence_functions"), ("Hara", "Loss"), ("Ours", "Influence_functions"),
+        ("Ours", "Loss"), ("Influence_functions", "Loss")]
+    hl = next(r for r in agree if (r["method_a"], r["method_b"]) == ("Hara", "Loss"))
+    h, l = influence_values("Hara"), influence_values("Loss")  # Loss has ties
+    assert float(hl["kendall_tau_b"]) == pytest.approx(brute_tau_b(h, l), abs=1e-6)
     assert not os.path.exists(os.path.join(sgd, "summary")) and not os.path.exists(os.path.join(inf, "fig"))
     assert json.load(open(os.path.join(merged, "summary", "inputs.json")))["folders"] == [
         os.path.abspath(sgd), os.path.abspath(inf)]
