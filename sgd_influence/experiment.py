@@ -119,6 +119,14 @@ def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv
     return load_dataset(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv)
 
 
+def args_from_settings(settings: dict) -> argparse.Namespace:
+    """The arguments a run was made with, from its run.json settings; options the run
+    predates take their current defaults."""
+    args = build_parser("", "", ()).parse_args([])
+    vars(args).update(settings)
+    return args
+
+
 def data_for(args, seed: int):
     return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test,
                     args.train_csv, args.val_csv, args.test_csv)
