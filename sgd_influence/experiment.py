@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import glob
 import json
 import os
 import platform
@@ -220,7 +221,10 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "train_csv", "val_csv", "test_csv", "if_alpha", "if_lr", "if_momentum", "if_epochs")
+                   "no_augment", "train_csv", "val_csv", "test_csv")
+# Settings that change one method's results only: changing them is refused only once that
+# method has results in the folder (so a diverged solve can be re-run without retraining).
+METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs")}
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 
@@ -241,7 +245,12 @@ def check_or_reset_output(args) -> None:
     with open(path) as f:
         old = json.load(f).get("settings", {})
     new = vars(args)
-    diff = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in RESULT_SETTINGS if old.get(k) != new[k]]
+    keys = list(RESULT_SETTINGS)
+    for method, settings in METHOD_SETTINGS.items():
+        if any(glob.glob(os.path.join(args.output_dir, part, method, "*")) for part in ("influence", "score")):
+            keys += settings
+    old = vars(args_from_settings(old))  # settings a run predates count at their defaults
+    diff = [f"{k} {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
     if diff:
         raise UserError(f"{args.output_dir} holds results of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to start afresh")

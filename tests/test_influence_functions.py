@@ -127,8 +127,21 @@ def test_driver_end_to_end(idx_dir, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "eval_influence_functions.py"), "-ds", "fashion_mnist",
            "--data-dir", idx_dir, "-o", out, "--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "2",
            "-bs", "16", "-nt", "1", "-r", "0", "4", "--if-epochs", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
+
+    def run(*extra):
+        return subprocess.run(cmd + list(extra), capture_output=True, text=True, cwd=str(tmp_path))
+
+    # A diverging solve stops with one line, keeping the training and writing no influence file.
+    r = run("--if-lr", "1e4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "diverged" in r.stderr, r.stderr
+    record = os.path.join(out, "train", "seed_0", "step_record.npz")
+    stamp = os.path.getmtime(record)
+    assert not os.path.exists(os.path.join(out, "influence", "Influence_functions"))
+
+    # Other solver settings into that folder are accepted (no IF results yet); training is reused.
+    r = run()
     assert r.returncode == 0, r.stderr
+    assert os.path.getmtime(record) == stamp
     files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
     for f in ("influence/Influence_functions/influence_influence_functions_0.csv",
               "influence/Influence_functions/solver_trace_0.csv", "influence/Random/influence_random_0.csv",
@@ -139,10 +152,6 @@ def test_driver_end_to_end(idx_dir, tmp_path):
     with open(os.path.join(out, "influence", "Influence_functions", "solver_trace_0.csv")) as f:
         assert f.readline().strip() == "epoch,step,objective,v_norm,curvature,residual" and len(f.readlines()) == 3
 
-    # A diverging solve stops with one line, leaving training and no influence file behind.
-    out2 = str(tmp_path / "o2")
-    r = subprocess.run(cmd[:cmd.index("-o") + 1] + [out2] + cmd[cmd.index("-o") + 2:] + ["--if-lr", "1e4"],
-                       capture_output=True, text=True, cwd=str(tmp_path))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "diverged" in r.stderr, r.stderr
-    assert os.path.exists(os.path.join(out2, "train", "seed_0", "step_record.npz"))
-    assert not os.path.exists(os.path.join(out2, "influence", "Influence_functions"))
+    # Once IF results exist, changing a solver setting is refused.
+    r = run("--if-alpha", "3")
+    assert r.returncode == 2 and "if_alpha None -> 3.0" in r.stderr, r.stderr
