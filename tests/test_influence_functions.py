@@ -81,7 +81,7 @@ def test_solver_and_scores_match_direct_solve(fitted):
     alpha = 0.5
     lam = np.linalg.eigvalsh(H)
     lr = 1.0 / (lam[-1] + alpha)  # a stable step for the full-batch quadratic
-    scores, trace = influence_functions(data, u, alpha=alpha, lr=lr, momentum=0.9, epochs=400,
+    scores, trace, check = influence_functions(data, u, alpha=alpha, lr=lr, momentum=0.9, epochs=400,
                                         batch_size=len(data.train), seed=0, progress=False,
                                         net=softmax_regression)
     v_direct = np.linalg.solve(H + alpha * np.eye(len(H)), flat(u))
@@ -93,6 +93,10 @@ def test_solver_and_scores_match_direct_solve(fitted):
     # The trace: the objective falls to its minimum -1/2 u^T v*.
     assert trace.shape == (400, 6) and trace[-1, 5] < 1e-3
     np.testing.assert_allclose(trace[-1, 2], -0.5 * flat(u) @ v_direct, rtol=1e-3)
+    # The whole-training-set check of the final v agrees with the closed form.
+    v = flat(v_solved)
+    np.testing.assert_allclose(check["curvature"], v @ H @ v / (v @ v), rtol=1e-4)
+    assert check["residual"] < 1e-3
 
 
 def test_divergence_is_detected(fitted):
@@ -113,7 +117,7 @@ def test_most_negative_is_the_mislabelled_point_and_removing_it_helps(tmp_path):
     _, H = closed_form(data, data.train)
     alpha = 0.01
     u = val_gradient(data, net=softmax_regression)
-    scores, _ = influence_functions(data, u, alpha=alpha, lr=1.0 / (np.linalg.eigvalsh(H)[-1] + alpha),
+    scores, _, _ = influence_functions(data, u, alpha=alpha, lr=1.0 / (np.linalg.eigvalsh(H)[-1] + alpha),
                                     momentum=0.9, epochs=300, batch_size=32, seed=0, progress=False,
                                     net=softmax_regression)
     assert scores.argmin() == j
@@ -146,7 +150,7 @@ def test_driver_end_to_end(idx_dir, tmp_path):
     for f in ("influence/Influence_functions/influence_influence_functions_0.csv",
               "influence/Influence_functions/solver_trace_0.csv", "influence/Random/influence_random_0.csv",
               "score/Influence_functions/score_delete_worst_4_seed_0.csv",
-              "score/Random/score_delete_worst_0_seed_0.csv", "fig/if_solver_seed0.png", "fig/result.png",
+              "score/Random/score_delete_worst_0_seed_0.csv", "fig/if_solver_seed0.png", "influence/Influence_functions/solver_0.json", "fig/result.png",
               "summary/summary.csv", "run.json"):
         assert f in files, f
     with open(os.path.join(out, "influence", "Influence_functions", "solver_trace_0.csv")) as f:
@@ -154,4 +158,4 @@ def test_driver_end_to_end(idx_dir, tmp_path):
 
     # Once IF results exist, changing a solver setting is refused.
     r = run("--if-alpha", "3")
-    assert r.returncode == 2 and "if_alpha None -> 3.0" in r.stderr, r.stderr
+    assert r.returncode == 2 and "if_alpha 10.0 -> 3.0" in r.stderr, r.stderr
