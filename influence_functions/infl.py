@@ -76,10 +76,14 @@ class SolverDiverged(UserError):
 
 
 def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
-          batch_size: int, seed: int, progress: bool = True) -> Tuple[Vector, np.ndarray]:
+          batch_size: int, seed: int, average: bool = True, progress: bool = True) -> Tuple[Vector, np.ndarray]:
     """v ~= (H + alpha I)^-1 u by heavy-ball SGD on f(v), and the trace of the solve.
 
-    Update: m <- momentum * m + grad f(v); v <- v - lr * m. The trace has one
+    Update: m <- momentum * m + grad f(v); v <- v - lr * m. With `average` the
+    result is the mean of the iterates over the second half of the steps
+    (Polyak-Ruppert tail averaging: with a constant step, mini-batch noise keeps
+    the last iterate wandering around the solution; the average converges to
+    it on a quadratic), else the last iterate (the published code). The trace has one
     row per step, all at the v the step starts from and on the step's batch B:
     epoch, step, f(v), |v|, the curvature v^T H_B v / |v|^2 (negative: H is
     indefinite along v) and the relative residual |H_B v + alpha v - u| / |u|.
@@ -93,6 +97,8 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     steps_per_epoch = len(batches) // epochs
     trace = np.zeros((len(batches), len(TRACE_COLUMNS)))
     u_norm = np.sqrt(dot(u, u))
+    tail = len(batches) // 2
+    v_sum = [np.zeros(a.shape, np.float64) for a in u]
     bar = tqdm(batches, desc="inverse HVP", disable=not progress, unit="step")
     for k, idx in enumerate(bar):
         hv, _ = hessian.products(idx, v)
@@ -109,8 +115,12 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
         for a in range(len(v)):
             m[a] = momentum * m[a] + grad[a]
             v[a] = v[a] - lr * m[a]
+            if k >= tail:
+                v_sum[a] += v[a]
         if k % 10 == 0:
             bar.set_postfix(objective=f"{objective:.4g}")
+    if average:
+        v = [(acc / (len(batches) - tail)).astype(a.dtype) for acc, a in zip(v_sum, v)]
     return v, trace
 
 
@@ -139,12 +149,12 @@ def full_data_check(u: Vector, v: Vector, hv: Vector, alpha: float) -> Dict[str,
 
 
 def influence_functions(data: Data, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
-                        batch_size: int, seed: int, progress: bool = True,
+                        batch_size: int, seed: int, average: bool = True, progress: bool = True,
                         net: Callable = cnn) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
     """Scores <g_j, v>/n of every training instance at the current (final) parameters, the
     solver trace, and `full_data_check` of the final v."""
     hessian = Hessian(data, net)
     v, trace = solve(hessian, u, alpha=alpha, lr=lr, momentum=momentum, epochs=epochs,
-                     batch_size=batch_size, seed=seed, progress=progress)
+                     batch_size=batch_size, seed=seed, average=average, progress=progress)
     dots, hv = sample_dots(hessian, v, batch_size, progress)
     return dots / len(data.train), trace, full_data_check(u, v, hv, alpha)

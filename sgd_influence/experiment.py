@@ -102,6 +102,8 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")
     g.add_argument("--if-momentum", type=float, default=0.9, help="solver heavy-ball momentum")
     g.add_argument("--if-epochs", type=positive_int, default=2, help="solver epochs over the training set")
+    g.add_argument("--if-last-iterate", action="store_true",
+                   help="use the solver's last iterate (as published) instead of the mean over its second half")
     return p
 
 
@@ -197,7 +199,7 @@ def influence_functions_unit(args, method: str, seed: int, progress: bool = True
     data = data_for(args, seed)
     load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
     settings = dict(alpha=args.if_alpha, lr=args.if_lr, momentum=args.if_momentum, epochs=args.if_epochs,
-                    batch_size=args.batch_size, seed=seed)
+                    batch_size=args.batch_size, seed=seed, average=not args.if_last_iterate)
     influence, trace, check = influence_functions(data, val_gradient(data), progress=progress, **settings)
     write_solver_trace(args.output_dir, seed, trace)
     write_solver_summary(args.output_dir, seed, settings, check)
@@ -226,7 +228,7 @@ RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val"
                    "no_augment", "train_csv", "val_csv", "test_csv")
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
-METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs")}
+METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate")}
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 

@@ -99,6 +99,22 @@ def test_solver_and_scores_match_direct_solve(fitted):
     assert check["residual"] < 1e-3
 
 
+def test_tail_average_beats_last_iterate_with_minibatch_noise(fitted):
+    """Constant-step SGD on mini-batch Hessians: the last iterate keeps wandering, the average converges."""
+    data, _ = fitted
+    _, H = closed_form(data, data.train)
+    u = val_gradient(data, net=softmax_regression)
+    alpha = 0.5
+    v_direct = np.linalg.solve(H + alpha * np.eye(len(H)), flat(u))
+    lr = 1.0 / (np.linalg.eigvalsh(H)[-1] + alpha)
+    err = {}
+    for average in (False, True):
+        v, _ = solve(Hessian(data, softmax_regression), u, alpha=alpha, lr=lr, momentum=0.9, epochs=60,
+                     batch_size=4, seed=0, average=average, progress=False)
+        err[average] = np.linalg.norm(flat(v) - v_direct) / np.linalg.norm(v_direct)
+    assert err[True] < 0.25 * err[False] and err[True] < 0.1, err
+
+
 def test_divergence_is_detected(fitted):
     data, _ = fitted
     u = val_gradient(data, net=softmax_regression)
