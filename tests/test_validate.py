@@ -97,6 +97,9 @@ def test_quick_validation(data, tmp_path):
     assert set(m) == {"pearson", "spearman", "kendall", "jaccard_top10_negative", "sign_agreement"}
     assert m["spearman"] > 0.8  # lr 0.1 on a tiny net over 4 steps: the retrace ranks well
     assert saved["settings"]["n_check"] == 10
+    first = saved["by_steps_remaining"][0]  # the final step: Hara exact
+    assert first["steps_remaining"] == "1" and first["n"] == int(final.sum())
+    assert first["Hara"]["median_relative_error"] < 1e-4
 
     # Resume: nothing is recomputed (the cache holds every estimate and counterfactual).
     cache = os.path.join(vdir, "cache")
