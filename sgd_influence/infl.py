@@ -16,6 +16,15 @@ walking back from the last step with u_T = u:
 Hara evaluates g and H at theta = theta[t] (parameters stored at every step);
 Ours at theta = theta[T] (final parameters only). Both come from one
 double-backward pass per step (`RetraceGraph`).
+
+Two keyword options of `retrace` reproduce departures of the published code
+from this algorithm, for ablation only (validate_influence.py measures them;
+both are off by default):
+- `hu_over_batch`: u <- u - eta_t/|S_t| H_t u, a second division by |S_t|
+  although H_t is already the Hessian of the batch MEAN loss;
+- `sample_grads_alone`: <u, g(z_j)> from a forward of z_j alone in training
+  mode, so batch norm normalises each sample by its own statistics instead
+  of the batch's.
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
-from .graphs import GraphCache, RetraceGraph, trainable_params, zero_grads
+from .graphs import GraphCache, LossGraph, RetraceGraph, trainable_params, zero_grads
 from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
 from .step_record import StepRecord, step_record_path
 from .train import init_model
@@ -55,9 +64,25 @@ def load_final_model(data: Data, run_dir: str, n_epochs: int, batch_size: int, n
     load_checkpoint(checkpoint_path(run_dir, n_epochs))
 
 
+def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndarray,
+                       u: List[np.ndarray]) -> np.ndarray:
+    """<u, grad l(z_i)> with each sample forwarded alone through a batch-of-one graph."""
+    out = np.zeros(len(y), np.float64)
+    for i in range(len(y)):
+        graph.feed(x[i:i + 1], y[i:i + 1], 1.0)
+        graph.loss.forward(clear_no_need_grad=True)
+        zero_grads(params)
+        graph.loss.backward(clear_buffer=True)
+        out[i] = sum(np.vdot(p.g.astype(np.float64), v) for p, v in zip(params, u))
+    return out
+
+
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
-            net: Callable = cnn) -> np.ndarray:
-    """Influence of every training instance (last-epoch setting), shape (n_train,)."""
+            net: Callable = cnn, *, hu_over_batch: bool = False, sample_grads_alone: bool = False) -> np.ndarray:
+    """Influence of every training instance (last-epoch setting), shape (n_train,).
+
+    `hu_over_batch` and `sample_grads_alone`: the published code's variants (module docstring); ablations only.
+    """
     assert method in RETRACE_METHODS, method
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
@@ -67,6 +92,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     stored = StepParamsReader(step_params_path(run_dir, last)) if method == "Hara" else None
 
     graphs = {}
+    alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
     steps = record.steps_of_epoch(last)
     for k, t in enumerate(tqdm(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
@@ -79,7 +105,10 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             graphs[len(idx)] = RetraceGraph(len(idx), data.image_shape, data.n_classes, params, net)
         x, y = data.train_batch(idx, seeds)
         hu, ug = graphs[len(idx)].run(x, y, u)
+        if alone is not None:
+            ug = dots_one_at_a_time(alone, params, x, y, u)
         lr = float(record.lr[t])
         influence[idx] += lr / len(idx) * ug
-        u = [ui - lr * h for ui, h in zip(u, hu)]
+        step = lr / len(idx) if hu_over_batch else lr
+        u = [ui - step * h for ui, h in zip(u, hu)]
     return influence

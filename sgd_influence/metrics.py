@@ -84,3 +84,20 @@ def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
     if den <= 0:
         return float("nan")
     return float((n0 - n1 - n2 + n3 - 2 * swaps) / np.sqrt(den))
+
+
+def lowest(a: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the ceil(fraction * n) smallest values (ties broken by index)."""
+    k = int(np.ceil(fraction * len(a)))
+    return np.lexsort((np.arange(len(a)), np.asarray(a)))[:k]
+
+
+def jaccard_lowest(a: np.ndarray, b: np.ndarray, fraction: float = 0.1) -> float:
+    """|A & B| / |A | B| of the ceil(fraction * n) most negative of a and of b."""
+    sa, sb = set(lowest(a, fraction).tolist()), set(lowest(b, fraction).tolist())
+    return len(sa & sb) / len(sa | sb)
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of instances where a and b have the same sign (0 counts as its own sign)."""
+    return float(np.mean(np.sign(a) == np.sign(b)))

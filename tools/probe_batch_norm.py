@@ -1,0 +1,34 @@
+"""Does batch norm break the retrace? Hara vs exact leave-one-out on the tests' tiny problem.
+
+Usage: python tools/probe_batch_norm.py
+
+64 tiny training images (tests/conftest.py), the tiny net with and without
+batch norm, 2 epochs of batch 8 at two learning rates; every instance's true
+<u, theta_{-j}[T] - theta[T]> by replaying the last epoch without it. Prints
+Spearman(Hara, truth) and the median of Hara / truth. Takes about a minute.
+"""
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+from conftest import TINY, TINY_BN, tiny_data  # noqa: E402  (sets the CPU context)
+from sgd_influence.infl import retrace  # noqa: E402
+from sgd_influence.metrics import spearman  # noqa: E402
+from sgd_influence.train import train  # noqa: E402
+from sgd_influence.validate import Counterfactuals  # noqa: E402
+
+data = tiny_data(n_train=64)
+for net, name in ((TINY, "without batch norm"), (TINY_BN, "with batch norm")):
+    for lr in (0.1, 0.01):
+        run = tempfile.mkdtemp()
+        train(data, run, seed=0, epochs=2, batch_size=8, lr=lr, keep_step_params=True, progress=False, net=net)
+        hara = retrace(data, run, "Hara", 8, progress=False, net=net)
+        cf = Counterfactuals(data, run, 8, net)
+        truth = np.array([cf.truth(j)[0] for j in range(len(data.train))])
+        print(f"{name:<19} lr {lr:<5} Spearman(Hara, truth) {spearman(hara, truth):.3f}  "
+              f"median Hara/truth {np.median(hara / truth):.2f}")
