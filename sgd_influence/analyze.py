@@ -94,6 +94,9 @@ def analyze(out: str, skipped: Sequence[int] = ()) -> List[tuple]:
     for m, n, mean, std, k in rows:
         print(f"{m:<13} {n:>9}  {mean:.4f} ± {std:.4f} ({k})")
     print(f"summary: {os.path.join(out, 'summary', 'summary.csv')}\nfigure:  {os.path.join(out, 'fig', 'result.png')}")
+    if os.path.isdir(os.path.join(out, "noise")):  # --label-noise: how well each order finds flipped labels
+        from .noise import write_noise_detection
+        write_noise_detection(out, list(dict.fromkeys(r[0] for r in rows)), sorted({r[1] for r in rows if r[1]}))
     return rows
 
 

@@ -15,7 +15,9 @@ walking back from the last step with u_T = u:
 
 Hara evaluates g and H at theta = theta[t] (parameters stored at every step);
 Ours at theta = theta[T] (final parameters only). Both come from one
-double-backward pass per step (`RetraceGraph`).
+double-backward pass per step (`RetraceGraph`). With `retrace_u=False` u stays
+the validation gradient: Ours without the Hessian terms, the control method
+TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
 """
 from __future__ import annotations
 
@@ -56,8 +58,11 @@ def load_final_model(data: Data, run_dir: str, n_epochs: int, batch_size: int, n
 
 
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
-            net: Callable = cnn) -> np.ndarray:
-    """Influence of every training instance (last-epoch setting), shape (n_train,)."""
+            net: Callable = cnn, retrace_u: bool = True) -> np.ndarray:
+    """Influence of every training instance (last-epoch setting), shape (n_train,).
+
+    `retrace_u=False` skips the update u <- u - eta_t H_t u (TracIn_last with method Ours).
+    """
     assert method in RETRACE_METHODS, method
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
@@ -81,5 +86,6 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         hu, ug = graphs[len(idx)].run(x, y, u)
         lr = float(record.lr[t])
         influence[idx] += lr / len(idx) * ug
-        u = [ui - lr * h for ui, h in zip(u, hu)]
+        if retrace_u:
+            u = [ui - lr * h for ui, h in zip(u, hu)]
     return influence
