@@ -31,7 +31,7 @@ large a step; it is stopped with an error rather than producing scores.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -42,16 +42,9 @@ from sgd_influence.errors import UserError
 from sgd_influence.graphs import RetraceGraph, trainable_params
 from sgd_influence.step_record import epoch_batches
 
-# Damping alpha by dataset when --if-alpha is not given (README "Influence functions" has the measurements).
-DEFAULT_ALPHA = {"cifar10": 10.0}
-FALLBACK_ALPHA = 0.1
 DIVERGENCE_FACTOR = 100.0
 TRACE_COLUMNS = ("epoch", "step", "objective", "v_norm", "curvature", "residual")
 Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
-
-
-def alpha_for(dataset: str) -> float:
-    return DEFAULT_ALPHA.get(dataset, FALLBACK_ALPHA)
 
 
 def dot(a: Vector, b: Vector) -> float:
@@ -121,21 +114,37 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     return v, trace
 
 
-def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = True) -> np.ndarray:
-    """<g_j, v> for every training instance j (shape (n_train,))."""
+def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = True) -> Tuple[np.ndarray, Vector]:
+    """<g_j, v> for every training instance j (shape (n_train,)), and H v over the whole
+    training set, which the same passes give for free: H = sum_B |B|/n H_B."""
     n = len(hessian.data.train)
     out = np.zeros(n, np.float64)
+    hv_full = [np.zeros(a.shape, np.float64) for a in v]
     for a in tqdm(range(0, n, batch_size), desc="scores", disable=not progress, unit="batch"):
         idx = np.arange(a, min(a + batch_size, n))
-        out[idx] = hessian.products(idx, v)[1]
-    return out
+        hv, out[idx] = hessian.products(idx, v)
+        for acc, h in zip(hv_full, hv):
+            acc += h * (len(idx) / n)
+    return out, hv_full
+
+
+def full_data_check(u: Vector, v: Vector, hv: Vector, alpha: float) -> Dict[str, float]:
+    """How well v solves (H + alpha I) v = u on the whole training set (not one batch)."""
+    vv, vhv = dot(v, v), dot(v, hv)
+    residual = [h + alpha * a - b for h, a, b in zip(hv, v, u)]
+    return {"objective": 0.5 * vhv + 0.5 * alpha * vv - dot(u, v),
+            "residual": np.sqrt(dot(residual, residual) / dot(u, u)),
+            "curvature": vhv / vv if vv > 0 else float("nan"), "v_norm": np.sqrt(vv), "u_norm": np.sqrt(dot(u, u)),
+            "bound_u_norm_over_alpha": np.sqrt(dot(u, u)) / alpha}
 
 
 def influence_functions(data: Data, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
                         batch_size: int, seed: int, progress: bool = True,
-                        net: Callable = cnn) -> Tuple[np.ndarray, np.ndarray]:
-    """Scores <g_j, v>/n of every training instance at the current (final) parameters, and the solver trace."""
+                        net: Callable = cnn) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
+    """Scores <g_j, v>/n of every training instance at the current (final) parameters, the
+    solver trace, and `full_data_check` of the final v."""
     hessian = Hessian(data, net)
     v, trace = solve(hessian, u, alpha=alpha, lr=lr, momentum=momentum, epochs=epochs,
                      batch_size=batch_size, seed=seed, progress=progress)
-    return sample_dots(hessian, v, batch_size, progress) / len(data.train), trace
+    dots, hv = sample_dots(hessian, v, batch_size, progress)
+    return dots / len(data.train), trace, full_data_check(u, v, hv, alpha)

@@ -3,7 +3,8 @@
 OUT/influence/Influence_functions/solver_trace_<seed>.csv: one row per
 solver step (columns `TRACE_COLUMNS`, see `infl.solve`);
 OUT/fig/if_solver_seed<seed>.png plots the objective, the residual and the
-curvature against the step.
+curvature against the step; solver_<seed>.json holds the settings and the
+same quantities for the final v on the whole training set.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 
 import numpy as np
 
-from sgd_influence.io import atomic_path, write_text
+from sgd_influence.io import atomic_path, write_json, write_text
 from .infl import TRACE_COLUMNS
 
 
@@ -21,6 +22,11 @@ def solver_trace_path(out: str, seed: int) -> str:
 
 def solver_figure_path(out: str, seed: int) -> str:
     return os.path.join(out, "fig", f"if_solver_seed{seed}.png")
+
+
+def write_solver_summary(out: str, seed: int, settings: dict, check: dict) -> None:
+    write_json(os.path.join(os.path.dirname(solver_trace_path(out, seed)), f"solver_{seed}.json"),
+               {"settings": settings, "final_v_on_full_training_set": {k: float(v) for k, v in check.items()}})
 
 
 def write_solver_trace(out: str, seed: int, trace: np.ndarray) -> None:

@@ -76,12 +76,27 @@ def write_influence_csv(path: str, ids: np.ndarray, labels: np.ndarray, influenc
     write_text(path, buf.getvalue())
 
 
-def read_removal_order(path: str) -> np.ndarray:
-    """The datasource_index column of an influence CSV, in file order."""
+def read_influence_csv(path: str) -> dict:
+    """Columns of an influence CSV in file order (most negative first):
+    ids (str), labels, influence, index (datasource_index: position in the run's training split).
+
+    Read by CSV rules, so an image path may hold commas (written quoted).
+    """
     with open(path, newline="") as f:
         rows = csv.reader(f)
-        col = next(rows).index("datasource_index")
-        return np.array([int(r[col]) for r in rows if r], np.int64)
+        header = next(rows, [])
+        if header != ["x:image", "y:label", "influence", "datasource_index"]:
+            raise ValueError(f"{path}: not an influence file (header {','.join(header)!r})")
+        rows = [r for r in rows if r]
+    return {"ids": np.array([r[0] for r in rows]),
+            "labels": np.array([int(r[1]) for r in rows], np.int64),
+            "influence": np.array([float(r[2]) for r in rows], np.float64),
+            "index": np.array([int(r[3]) for r in rows], np.int64)}
+
+
+def read_removal_order(path: str) -> np.ndarray:
+    """The datasource_index column of an influence CSV, in file order."""
+    return read_influence_csv(path)["index"]
 
 
 SCORE_COLUMNS = ("val_loss", "test_loss", "val_accuracy", "test_accuracy")

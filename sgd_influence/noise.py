@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import os
-import re
 from io import StringIO
 from typing import Dict, List, Sequence, Tuple
 
@@ -79,7 +77,8 @@ def write_flipped_csv(path: str, noisy: Data, fraction: float, seed: int) -> Non
 
 def read_flipped(path: str) -> np.ndarray:
     """The datasource_index column of a flipped_<seed>.csv."""
-    return read_removal_order(path)
+    with open(path, newline="") as f:
+        return np.array([int(r["datasource_index"]) for r in csv.DictReader(f)], np.int64)
 
 
 # ------------------------------------------------------------------ detection
@@ -104,26 +103,24 @@ def found_curve(order: np.ndarray, flipped: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.isin(order, flipped))]).astype(np.int64)
 
 
-def noise_seeds(out: str) -> List[int]:
-    names = glob.glob(os.path.join(out, "noise", "flipped_*.csv"))
-    return sorted(int(m.group(1)) for m in (re.search(r"flipped_(\d+)\.csv$", p) for p in names) if m)
+def write_noise_detection(out: str, influence: Dict[str, Dict[int, str]], run_dir: str,
+                          sizes: Sequence[int]) -> List[str]:
+    """OUT/summary/noise_detection.csv and OUT/fig/noise_detection.png; returns the paths written
+    (relative to `out`).
 
-
-def write_noise_detection(out: str, methods: Sequence[str], sizes: Sequence[int]) -> List[tuple]:
-    """OUT/summary/noise_detection.csv and OUT/fig/noise_detection.png.
-
+    `influence`: method -> trial seed -> influence CSV; `run_dir`: the output folder whose
+    noise/flipped_<seed>.csv list the flipped instances (trials without one are left out).
     CSV rows `method,seed,n_removed,n_flipped,flipped_removed,precision,recall,auc`: one per
-    method, trial seed and removal size n > 0 (auc: that seed's area, repeated on its rows),
-    then per method and n a row with seed `mean`: each column averaged over the seeds.
+    method, trial and removal size n > 0 (auc: that trial's area, repeated on its rows),
+    then per method and n a row with seed `mean`: each column averaged over the trials.
     """
     rows, curves = [], {}
-    for m in methods:
+    for m, by_seed in influence.items():
         per_seed = []
-        for s in noise_seeds(out):
-            path = influence_path(out, m, s)
-            if not os.path.exists(path):
+        for s, path in sorted(by_seed.items()):
+            if not os.path.exists(noise_path(run_dir, s)):
                 continue
-            order, flipped = read_removal_order(path), read_flipped(noise_path(out, s))
+            order, flipped = read_removal_order(path), read_flipped(noise_path(run_dir, s))
             det, auc = detection(order, flipped, sizes)
             per_seed += [(s, n, len(flipped), f, p, r, auc) for n, f, p, r in det]
             curves.setdefault(m, []).append(found_curve(order, flipped) / max(len(flipped), 1))
@@ -134,13 +131,15 @@ def write_noise_detection(out: str, methods: Sequence[str], sizes: Sequence[int]
     lines = ["method,seed,n_removed,n_flipped,flipped_removed,precision,recall,auc"]
     lines += [f"{m},{s},{n},{k:g},{f:g},{p:.6f},{r:.6f},{a:.6f}" for m, s, n, k, f, p, r, a in rows]
     write_text(os.path.join(out, "summary", "noise_detection.csv"), "\n".join(lines) + "\n")
+    written = ["summary/noise_detection.csv"]
     if curves:
         plot_detection(curves, os.path.join(out, "fig", "noise_detection.png"))
-    print("noise detection (mean over trials): method  n_removed  precision  recall  | AUC")
+        written.append("fig/noise_detection.png")
+    print("noise detection (mean over trials): method, n removed, precision, recall | AUC")
     for m, s, n, k, f, p, r, a in rows:
         if s == "mean":
             print(f"  {m:<20} {n:>6}  {p:.3f}  {r:.3f}  | {a:.3f}")
-    return rows
+    return written
 
 
 def plot_detection(curves: Dict[str, List[np.ndarray]], path: str) -> None:

@@ -31,7 +31,9 @@ def test_full_layout_determinism_and_resume(idx_dir, tmp_path):
         for n in (0, 4):
             assert f"score/{m}/score_delete_worst_{n}_seed_0.csv" in files
         assert f"score/{m}/score_delete_worst_100_seed_0.csv" not in files
-    for f in ("summary/summary.csv", "fig/result.png", "run.json", "train/seed_0/step_record.npz",
+    for f in ("summary/summary.csv", "summary/table1_cache.csv", "summary/table1_cache.md", "summary/agreement.csv",
+              "fig/result.png", "fig/result_errorbars.png", "fig/agreement_seed0.png", "fig/harmful_Hara_seed0.png",
+              "fig/helpful_Ours_seed0.png", "run.json", "train/seed_0/step_record.npz",
               "train/seed_0/cache_size.json", "train/seed_0/step_params_epoch_1.f32"):
         assert f in files, f
     assert not [f for f in files if ".tmp" in f]

@@ -81,7 +81,7 @@ def test_solver_and_scores_match_direct_solve(fitted):
     alpha = 0.5
     lam = np.linalg.eigvalsh(H)
     lr = 1.0 / (lam[-1] + alpha)  # a stable step for the full-batch quadratic
-    scores, trace = influence_functions(data, u, alpha=alpha, lr=lr, momentum=0.9, epochs=400,
+    scores, trace, check = influence_functions(data, u, alpha=alpha, lr=lr, momentum=0.9, epochs=400,
                                         batch_size=len(data.train), seed=0, progress=False,
                                         net=softmax_regression)
     v_direct = np.linalg.solve(H + alpha * np.eye(len(H)), flat(u))
@@ -93,6 +93,10 @@ def test_solver_and_scores_match_direct_solve(fitted):
     # The trace: the objective falls to its minimum -1/2 u^T v*.
     assert trace.shape == (400, 6) and trace[-1, 5] < 1e-3
     np.testing.assert_allclose(trace[-1, 2], -0.5 * flat(u) @ v_direct, rtol=1e-3)
+    # The whole-training-set check of the final v agrees with the closed form.
+    v = flat(v_solved)
+    np.testing.assert_allclose(check["curvature"], v @ H @ v / (v @ v), rtol=1e-4)
+    assert check["residual"] < 1e-3
 
 
 def test_divergence_is_detected(fitted):
@@ -113,7 +117,7 @@ def test_most_negative_is_the_mislabelled_point_and_removing_it_helps(tmp_path):
     _, H = closed_form(data, data.train)
     alpha = 0.01
     u = val_gradient(data, net=softmax_regression)
-    scores, _ = influence_functions(data, u, alpha=alpha, lr=1.0 / (np.linalg.eigvalsh(H)[-1] + alpha),
+    scores, _, _ = influence_functions(data, u, alpha=alpha, lr=1.0 / (np.linalg.eigvalsh(H)[-1] + alpha),
                                     momentum=0.9, epochs=300, batch_size=32, seed=0, progress=False,
                                     net=softmax_regression)
     assert scores.argmin() == j
@@ -127,22 +131,31 @@ def test_driver_end_to_end(idx_dir, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "eval_influence_functions.py"), "-ds", "fashion_mnist",
            "--data-dir", idx_dir, "-o", out, "--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "2",
            "-bs", "16", "-nt", "1", "-r", "0", "4", "--if-epochs", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path))
+
+    def run(*extra):
+        return subprocess.run(cmd + list(extra), capture_output=True, text=True, cwd=str(tmp_path))
+
+    # A diverging solve stops with one line, keeping the training and writing no influence file.
+    r = run("--if-lr", "1e4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "diverged" in r.stderr, r.stderr
+    record = os.path.join(out, "train", "seed_0", "step_record.npz")
+    stamp = os.path.getmtime(record)
+    assert not os.path.exists(os.path.join(out, "influence", "Influence_functions"))
+
+    # Other solver settings into that folder are accepted (no IF results yet); training is reused.
+    r = run()
     assert r.returncode == 0, r.stderr
+    assert os.path.getmtime(record) == stamp
     files = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs)
     for f in ("influence/Influence_functions/influence_influence_functions_0.csv",
               "influence/Influence_functions/solver_trace_0.csv", "influence/Random/influence_random_0.csv",
               "score/Influence_functions/score_delete_worst_4_seed_0.csv",
-              "score/Random/score_delete_worst_0_seed_0.csv", "fig/if_solver_seed0.png", "fig/result.png",
+              "score/Random/score_delete_worst_0_seed_0.csv", "fig/if_solver_seed0.png", "influence/Influence_functions/solver_0.json", "fig/result.png",
               "summary/summary.csv", "run.json"):
         assert f in files, f
     with open(os.path.join(out, "influence", "Influence_functions", "solver_trace_0.csv")) as f:
         assert f.readline().strip() == "epoch,step,objective,v_norm,curvature,residual" and len(f.readlines()) == 3
 
-    # A diverging solve stops with one line, leaving training and no influence file behind.
-    out2 = str(tmp_path / "o2")
-    r = subprocess.run(cmd[:cmd.index("-o") + 1] + [out2] + cmd[cmd.index("-o") + 2:] + ["--if-lr", "1e4"],
-                       capture_output=True, text=True, cwd=str(tmp_path))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "diverged" in r.stderr, r.stderr
-    assert os.path.exists(os.path.join(out2, "train", "seed_0", "step_record.npz"))
-    assert not os.path.exists(os.path.join(out2, "influence", "Influence_functions"))
+    # Once IF results exist, changing a solver setting is refused.
+    r = run("--if-alpha", "3")
+    assert r.returncode == 2 and "if_alpha 10.0 -> 3.0" in r.stderr, r.stderr

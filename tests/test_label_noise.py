@@ -85,7 +85,9 @@ def test_noise_detection_csv_per_seed_and_mean(tmp_path):
             f.write("datasource_index,x:image,original_label,noisy_label\n")
             f.writelines(f"{i},i{i},0,1\n" for i in flipped[s])
         write_influence_csv(influence_path(out, "Loss", s), ids, y, np.array(scores[s]))
-    write_noise_detection(out, ["Loss", "Hara"], [1, 2])  # Hara has no files: no rows
+    write_influence_csv(influence_path(out, "Loss", 2), ids, y, np.zeros(4))  # no flipped_2.csv: left out
+    written = write_noise_detection(out, {"Loss": {s: influence_path(out, "Loss", s) for s in (0, 1, 2)}}, out, [1, 2])
+    assert written == ["summary/noise_detection.csv", "fig/noise_detection.png"]
     with open(os.path.join(out, "summary", "noise_detection.csv"), newline="") as f:
         rows = [(r["method"], r["seed"], int(r["n_removed"]), float(r["precision"]), float(r["recall"]),
                  float(r["auc"])) for r in csv.DictReader(f)]

@@ -1,0 +1,269 @@
+"""Analysis from synthetic score, influence and cache-size files with known values."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from datasets import load_dataset
+from sgd_influence import analyze as A
+from sgd_influence import io
+from sgd_influence.metrics import kendall_tau_b, spearman
+
+N_TRAIN, BS, EPOCHS = 40, 16, 2
+# Final test accuracy per (method, n removed): one value per seed 0, 1, 2.
+ACC = {("Hara", 0): (0.80, 0.81, 0.79), ("Hara", 10): (0.80, 0.82, 0.87), ("Hara", 30): (0.90, 0.90, 0.90),
+       ("Ours", 0): (0.80, 0.81, 0.79), ("Ours", 10): (0.81, 0.83, 0.85), ("Ours", 30): (0.70, 0.90, 0.80),
+       ("Random", 0): (0.80, 0.81, 0.79), ("Random", 10): (0.78, 0.80, 0.79), ("Random", 30): (0.75, 0.77, 0.76)}
+
+
+def settings(idx_dir, **kw):
+    s = {"dataset": "fashion_mnist", "data_dir": idx_dir, "n_train": N_TRAIN, "n_val": 8, "n_test": 8,
+         "n_epochs": EPOCHS, "batch_size": BS, "lr": 0.02, "retrain_all": False, "no_augment": True,
+         "remove_n_list": [0, 10, 30], "n_trials": 3}
+    s.update(kw)
+    return s
+
+
+def influence_values(method):
+    """Hara: instance i scores i (instance 0 most negative). Ours: Hara with instances 0 and 39 swapped.
+    Influence_functions: -Hara. Random: a fixed permutation."""
+    a = np.arange(N_TRAIN, dtype=np.float64) - 20
+    if method == "Ours":
+        a[[0, N_TRAIN - 1]] = a[[N_TRAIN - 1, 0]]
+    if method == "Influence_functions":
+        a = -a
+    if method == "Random":
+        a = np.random.default_rng(0).permutation(N_TRAIN) / N_TRAIN
+    if method == "Loss":  # a method added later: found by its folder name
+        a = a % 7
+    return a
+
+
+def write_folder(out, idx_dir, methods=("Hara", "Ours", "Random"), seeds=(0, 1, 2), acc_shift=0.0, **kw):
+    s = settings(idx_dir, **kw)
+    io.write_json(os.path.join(out, "run.json"), {"settings": s})
+    for seed in seeds:
+        train = load_dataset("fashion_mnist", seed, idx_dir, N_TRAIN, 8, 8).train
+        for m in methods:
+            path = os.path.join(out, "influence", m, f"influence_{m.lower()}_{seed}.csv")
+            io.write_influence_csv(path, train.ids, train.y, influence_values(m))
+            for (mm, n), accs in ACC.items():
+                if mm == (m if m in ("Hara", "Ours", "Random") else "Hara"):
+                    io.write_score_csv(io.score_path(out, m, n, seed),
+                                       [(1.0, 1.0, 0.5, 0.1), (0.5, 0.5, 0.7, accs[seed] + acc_shift)])
+        steps = math.ceil(N_TRAIN / s["batch_size"])
+        io.write_json(os.path.join(io.train_dir(out, seed), "cache_size.json"),
+                      {"param_count": 307818, "param_bytes_float32": 1231272, "ours_bytes": 1266184,
+                       "hara_bytes": 1231272 * steps, "hara_steps": steps})
+    return out
+
+
+def read_csv(path):
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        return [dict(zip(header, line.rstrip("\n").split(","))) for line in f if line.strip()]
+
+
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 2000
+
+
+# ------------------------------------------------------------------- rank metrics
+def brute_tau_b(a, b):
+    n = len(a)
+    s = n1 = n2 = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+            s, n1, n2 = s + da * db, n1 + (da == 0), n2 + (db == 0)
+    n0 = n * (n - 1) // 2
+    return s / math.sqrt((n0 - n1) * (n0 - n2))
+
+
+def test_kendall_tau_b_hand_values():
+    # 7 concordant, 3 discordant pairs of 10: (7 - 3) / 10.
+    assert kendall_tau_b([1, 2, 3, 4, 5], [3, 1, 2, 5, 4]) == pytest.approx(0.4, abs=1e-15)
+    # Ties: pair (1,2) tied in x, pair (2,3) tied in y, the other 4 concordant: 4 / sqrt(5 * 5).
+    assert kendall_tau_b([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8, abs=1e-15)
+    assert kendall_tau_b([1, 2, 3], [3, 2, 1]) == -1.0
+    assert math.isnan(kendall_tau_b([1, 1, 1], [1, 2, 3]))
+    # Spearman: rank differences (-2, 1, 1, -1, 1), 1 - 6 * 8 / (5 * 24).
+    assert spearman(np.array([1, 2, 3, 4, 5]), np.array([3, 1, 2, 5, 4])) == pytest.approx(0.6, abs=1e-15)
+
+
+def test_kendall_tau_b_matches_pairwise_count():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 33, 150):
+        a = rng.integers(0, 5, n).astype(float)  # many ties
+        b = rng.integers(0, 4, n) + 0.5 * a
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            assert kendall_tau_b(a, b) == pytest.approx(brute_tau_b(a, b), abs=1e-12)
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        assert kendall_tau_b(a, b) == pytest.approx(brute_tau_b(a, b), abs=1e-12)
+
+
+# ------------------------------------------------------------ one folder, all files
+@pytest.fixture(scope="module")
+def single(idx_dir, tmp_path_factory):
+    out = write_folder(str(tmp_path_factory.mktemp("single") / "out"), idx_dir,
+                       methods=("Hara", "Ours", "Influence_functions", "Random"))
+    A.analyze(out)
+    return out
+
+
+def test_summary_means_and_sample_std(single):
+    rows = read_csv(os.path.join(single, "summary", "summary.csv"))
+    assert [r["method"] for r in rows[::3]] == ["Hara", "Ours", "Influence_functions", "Random"]
+    got = {(r["method"], int(r["n_removed"])): r for r in rows}
+    for (m, n), accs in ACC.items():
+        r = got[(m, n)]
+        assert r["batch_size"] == str(BS) and r["n_trials"] == "3"
+        assert float(r["test_accuracy_mean"]) == pytest.approx(sum(accs) / 3, abs=1e-6)
+    # (0.80, 0.82, 0.87): mean 0.83, deviations -0.03, -0.01, 0.04 -> sqrt(0.0026 / 2)
+    assert float(got[("Hara", 10)]["test_accuracy_std"]) == pytest.approx(math.sqrt(0.0013), abs=1e-6)
+    assert float(got[("Ours", 30)]["test_accuracy_std"]) == pytest.approx(0.1, abs=1e-6)
+    assert float(got[("Hara", 30)]["test_accuracy_std"]) == 0.0
+    assert A.no_removal(A.collect(single)) == pytest.approx((0.80, 0.01, 3))
+
+
+def test_agreement_metrics(single):
+    rows = read_csv(os.path.join(single, "summary", "agreement.csv"))
+    pairs = {(r["method_a"], r["method_b"]) for r in rows}
+    assert pairs == {("Hara", "Ours"), ("Hara", "Influence_functions"), ("Ours", "Influence_functions")}
+    assert {int(r["seed"]) for r in rows} == {0, 1, 2} and {r["n_removed"] for r in rows} == {"10", "30"}
+    ho = {int(r["n_removed"]): r for r in rows if (r["method_a"], r["method_b"]) == ("Hara", "Ours")
+          and r["seed"] == "0"}
+    # Ours = Hara with the extreme instances 0 and 39 swapped. Spearman: rank differences +-39,
+    # 1 - 6 * 2 * 39^2 / (40 * (40^2 - 1)). Kendall: 38 + 38 + 1 discordant of 780 pairs.
+    assert float(ho[10]["spearman"]) == pytest.approx(1 - 6 * 2 * 39 ** 2 / (40 * 1599), abs=1e-6)
+    assert float(ho[10]["kendall_tau_b"]) == pytest.approx((780 - 2 * 77) / 780, abs=1e-6)
+    # The 10 most negative: Hara {0..9}, Ours {39, 1..9}: 9 shared; of 30: 29.
+    assert (ho[10]["overlap"], ho[30]["overlap"]) == ("9", "29")
+    assert float(ho[10]["overlap_fraction"]) == pytest.approx(0.9) and float(ho[30]["chance_overlap"]) == 22.5
+    hi = [r for r in rows if (r["method_a"], r["method_b"]) == ("Hara", "Influence_functions")]
+    assert all(float(r["spearman"]) == -1 and float(r["kendall_tau_b"]) == -1 for r in hi)
+    assert {r["overlap"] for r in hi if r["n_removed"] == "10"} == {"0"}
+    assert {r["overlap"] for r in hi if r["n_removed"] == "30"} == {"20"}  # {0..29} & {10..39}
+
+
+def test_table1_projection_exact(single):
+    rows = read_csv(os.path.join(single, "summary", "table1_cache.csv"))
+    got = {(r["scope"], r["dataset"], r["cache"]): r for r in rows}
+    # This run: 40 images at batch 16 -> T = 3; K = 2 epochs.
+    run = {c: got[("this run", "fashion_mnist", c)] for c in ("all", "hara", "ours")}
+    assert run["ours"]["float32_bytes"] == "1231272" and run["ours"]["saved_bytes"] == "1266184"
+    assert run["hara"]["float32_bytes"] == str(1231272 * 3) == run["hara"]["saved_bytes"]
+    assert run["all"]["float32_bytes"] == str(1231272 * 3 * 2) and run["all"]["steps_per_epoch"] == "3"
+    # Paper scale from the network itself: 307,818 parameters on one channel, 308,394 on three.
+    # MNIST: T = ceil(50000 / 32) = 1563; CIFAR-10: T = 40000 / 32 = 1250; K = 20.
+    expect = {("mnist", "ours"): 307818 * 4, ("mnist", "hara"): 1924478136, ("mnist", "all"): 38489562720,
+              ("cifar10", "ours"): 308394 * 4, ("cifar10", "hara"): 1541970000, ("cifar10", "all"): 30839400000}
+    paper = {("mnist", "ours"): 1.236e6, ("mnist", "hara"): 1.932e9, ("mnist", "all"): 38.64e9,
+             ("cifar10", "ours"): 1.236e6, ("cifar10", "hara"): 1.545e9, ("cifar10", "all"): 30.90e9}
+    for (ds, c), v in expect.items():
+        r = got[("paper scale", ds, c)]
+        assert int(r["float32_bytes"]) == v, (ds, c)
+        assert abs(v / paper[(ds, c)] - 1) < 0.01 and float(r["float32_vs_paper"]) == pytest.approx(
+            v / paper[(ds, c)] - 1, abs=1e-6)
+    assert int(got[("paper scale", "mnist", "ours")]["saved_bytes"]) > 307818 * 4  # the .h5 file
+    md = open(os.path.join(single, "summary", "table1_cache.md")).read()
+    assert "38.49 GB" in md and "38.64 GB" in md and "1.542 GB" in md and "1.545 GB" in md
+
+
+def test_every_figure_written(single):
+    fig = os.path.join(single, "fig")
+    expected = ["result.png", "result_errorbars.png"]
+    for seed in (0, 1, 2):
+        expected.append(f"agreement_seed{seed}.png")
+        for m in ("Hara", "Ours", "Influence_functions"):
+            expected += [f"harmful_{m}_seed{seed}.png", f"helpful_{m}_seed{seed}.png"]
+    assert sorted(os.listdir(fig)) == sorted(expected)  # no Random grids, no batch_size.png
+    assert all(is_png(os.path.join(fig, f)) for f in expected)
+
+
+def test_grids_show_the_run_images_in_removal_order(single, idx_dir, monkeypatch):
+    shown = []
+    monkeypatch.setattr(A, "plot_grid", lambda images, labels, values, path, title: shown.append(
+        (os.path.basename(path), images, labels, values)))
+    A.write_grids({"Hara": {1: io.influence_path(single, "Hara", 1)}}, {"Hara": A.read_folder(single)}, "unused")
+    train = load_dataset("fashion_mnist", 1, idx_dir, N_TRAIN, 8, 8).train
+    (name_h, img_h, y_h, v_h), (name_p, img_p, y_p, v_p) = shown
+    assert name_h == "harmful_Hara_seed1.png" and name_p == "helpful_Hara_seed1.png"
+    # Hara scores instance i as i - 20: the 32 most negative are 0..31, the most positive 39 down to 8.
+    np.testing.assert_array_equal(img_h, train.x[:32])
+    np.testing.assert_array_equal(v_h, np.arange(32) - 20.0)
+    np.testing.assert_array_equal(img_p, train.x[39:7:-1])
+    np.testing.assert_array_equal(y_p, train.y[39:7:-1])
+
+
+def test_grids_refuse_files_of_other_data(single, tmp_path, capsys):
+    path = str(tmp_path / "influence_hara_0.csv")
+    ids = np.array([f"other/train/{i:05d}" for i in range(N_TRAIN)])
+    io.write_influence_csv(path, ids, np.zeros(N_TRAIN, np.int64), influence_values("Hara"))
+    assert A.write_grids({"Hara": {0: path}}, {"Hara": A.read_folder(single)}, str(tmp_path / "fig")) == []
+    assert "does not match the data" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "fig")
+
+
+# ------------------------------------------------------------------------ merging
+def test_merge_sgd_and_influence_function_folders(idx_dir, tmp_path, capsys):
+    sgd = write_folder(str(tmp_path / "sgd"), idx_dir)
+    inf = write_folder(str(tmp_path / "if"), idx_dir, methods=("Loss", "Influence_functions", "Random"))
+    merged = str(tmp_path / "merged")
+    assert A.main([sgd, inf, "--out", merged, "--no-images"]) == 0
+    assert "warning" not in capsys.readouterr().err  # Random is in both, identical
+    rows = read_csv(os.path.join(merged, "summary", "summary.csv"))
+    assert list(dict.fromkeys(r["method"] for r in rows)) == ["Hara", "Ours", "Influence_functions", "Random", "Loss"]
+    agree = read_csv(os.path.join(merged, "summary", "agreement.csv"))
+    assert list(dict.fromkeys((r["method_a"], r["method_b"]) for r in agree)) == [
+        ("Hara", "Ours"), ("Hara", "Influence_functions"), ("Hara", "Loss"), ("Ours", "Influence_functions"),
+        ("Ours", "Loss"), ("Influence_functions", "Loss")]
+    hl = next(r for r in agree if (r["method_a"], r["method_b"]) == ("Hara", "Loss"))
+    h, l = influence_values("Hara"), influence_values("Loss")  # Loss has ties
+    assert float(hl["kendall_tau_b"]) == pytest.approx(brute_tau_b(h, l), abs=1e-6)
+    assert not os.path.exists(os.path.join(sgd, "summary")) and not os.path.exists(os.path.join(inf, "fig"))
+    assert json.load(open(os.path.join(merged, "summary", "inputs.json")))["folders"] == [
+        os.path.abspath(sgd), os.path.abspath(inf)]
+
+
+def test_merge_refuses_different_settings(idx_dir, tmp_path, capsys):
+    a = write_folder(str(tmp_path / "a"), idx_dir, seeds=(0,))
+    b = write_folder(str(tmp_path / "b"), idx_dir, seeds=(0,), lr=0.05)
+    assert A.main([a, b]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot merge {a} and {b}: their run.json settings differ (lr 0.02 vs 0.05); "
+                   f"only the batch size may differ"]
+    assert not os.path.exists(os.path.join(a, "summary")) and not os.path.exists(os.path.join(a, "fig"))
+
+
+def test_merge_batch_sizes_gives_fig5(idx_dir, tmp_path):
+    a = write_folder(str(tmp_path / "bs16"), idx_dir, seeds=(0, 1))
+    b = write_folder(str(tmp_path / "bs8"), idx_dir, seeds=(0, 1), batch_size=8, acc_shift=0.05)
+    assert A.main([a, b, "--no-images"]) == 0
+    rows = read_csv(os.path.join(a, "summary", "summary.csv"))
+    assert [r["batch_size"] for r in rows] == ["16"] * 9 + ["8"] * 9  # the first folder's batch size first
+    r8 = next(r for r in rows if (r["batch_size"], r["method"], r["n_removed"]) == ("8", "Hara", "10"))
+    assert float(r8["test_accuracy_mean"]) == pytest.approx(0.81 + 0.05, abs=1e-6)
+    assert is_png(os.path.join(a, "fig", "batch_size.png"))
+    table = read_csv(os.path.join(a, "summary", "table1_cache.csv"))
+    assert {(r["batch_size"], r["steps_per_epoch"]) for r in table if r["scope"] == "this run"} == {("16", "3"),
+                                                                                                  ("8", "5")}
+
+
+def test_conflicting_duplicates_are_named(idx_dir, tmp_path, capsys):
+    a = write_folder(str(tmp_path / "a"), idx_dir, seeds=(0,))
+    b = write_folder(str(tmp_path / "b"), idx_dir, seeds=(0,), acc_shift=0.01)
+    assert A.main([a, b, "--no-images"]) == 0
+    assert "Hara: 3 score(s) in " + b in capsys.readouterr().err
+    got = {(r["method"], r["n_removed"]): r for r in read_csv(os.path.join(a, "summary", "summary.csv"))}
+    assert float(got[("Hara", "10")]["test_accuracy_mean"]) == pytest.approx(0.80, abs=1e-6)  # the first folder's
+
+
+def test_empty_folder_is_one_line_error(tmp_path, capsys):
+    assert A.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no score or influence files")
+    assert A.main([str(tmp_path / "missing")]) == 2
