@@ -27,7 +27,7 @@ import numpy as np
 
 from datasets import Data
 from .errors import UserError
-from .io import atomic_path, influence_path, read_removal_order, write_text
+from .io import atomic_path, read_removal_order, write_text
 
 FLIPPED_COLUMNS = ("datasource_index", "x:image", "original_label", "noisy_label")
 
