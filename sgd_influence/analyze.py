@@ -596,12 +596,17 @@ def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
     return rows, written
 
 
-def agreement_outputs(inp: Inputs, out: str) -> Tuple[List[dict], List[str]]:
-    """agreement.csv and one scatter figure per trial, for the removal sizes of the run(s)."""
+def removal_sizes(inp: Inputs) -> List[int]:
+    """The removal sizes of the first folder's batch size: scored ones and the run(s)' -r."""
     sizes = {n for by_n in inp.scores[inp.primary].values() for n in by_n}
     for f in inp.groups[inp.primary]:
         sizes |= set(f.settings.get("remove_n_list", []))
-    agree = agreement_rows(inp.influence, sorted(sizes))
+    return sorted(sizes)
+
+
+def agreement_outputs(inp: Inputs, out: str) -> Tuple[List[dict], List[str]]:
+    """agreement.csv and one scatter figure per trial, for the removal sizes of the run(s)."""
+    agree = agreement_rows(inp.influence, removal_sizes(inp))
     if not agree:
         return agree, []
     write_agreement(os.path.join(out, "summary", "agreement.csv"), agree)
@@ -628,6 +633,10 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
     write_table1(os.path.join(out, "summary", "table1_cache.csv"), os.path.join(out, "summary", "table1_cache.md"),
                  table1_rows(inp.groups, inp.n_train))
     written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
+    if os.path.isdir(os.path.join(paths[0], "noise")):  # --label-noise: how well each order finds flipped labels
+        from .noise import write_noise_detection
+        written += write_noise_detection(out, {m: inp.influence[m] for m in sorted(inp.influence, key=method_key)},
+                                         paths[0], [n for n in removal_sizes(inp) if n > 0])
     if images:
         written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
     if len(paths) > 1 or os.path.abspath(out) != os.path.abspath(paths[0]):  # a merge: record its inputs

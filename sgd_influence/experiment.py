@@ -52,6 +52,13 @@ def positive_float(text: str) -> float:
     return v
 
 
+def fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+    return v
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the ones that mean 'not set'."""
 
@@ -90,6 +97,9 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                                           f"(one training serves them all)")
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crop and flip (the published code augments)")
+    p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
+                   help="flip the labels of round(P * n_train) training instances to another random class "
+                        "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
@@ -120,8 +130,11 @@ def set_context(device_id: str) -> str:
 
 
 @functools.lru_cache(maxsize=2)
-def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv):
-    return load_dataset(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv)
+def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv, label_noise=None):
+    """The trial's data; with `label_noise` its training labels flipped (every phase sees the same)."""
+    from .noise import with_label_noise
+    data = load_dataset(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv)
+    return with_label_noise(data, label_noise, seed) if label_noise else data
 
 
 def args_from_settings(settings: dict) -> argparse.Namespace:
@@ -134,7 +147,7 @@ def args_from_settings(settings: dict) -> argparse.Namespace:
 
 def data_for(args, seed: int):
     return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test,
-                    args.train_csv, args.val_csv, args.test_csv)
+                    args.train_csv, args.val_csv, args.test_csv, args.label_noise)
 
 
 def run_units(units: List[tuple], args, desc: str) -> None:
@@ -176,10 +189,16 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
           augment=not args.no_augment)
 
 
+# Retrace-based methods: (parameters the retrace uses, whether u is retraced).
+RETRACES = {"Hara": ("Hara", True), "Ours": ("Ours", True), "TracIn_last": ("Ours", False)}
+
+
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     from .infl import retrace
     data = data_for(args, seed)
-    influence = retrace(data, io.train_dir(args.output_dir, seed), method, args.batch_size, progress)
+    params, retrace_u = RETRACES[method]
+    influence = retrace(data, io.train_dir(args.output_dir, seed), params, args.batch_size, progress,
+                        retrace_u=retrace_u)
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, influence)
 
@@ -190,6 +209,16 @@ def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
     key = np.random.default_rng([seed, 2]).random(len(data.train))
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, key)
+
+
+def loss_unit(args, method: str, seed: int, progress: bool = True) -> None:
+    """Control: the negated training loss at theta[T] (highest loss removed first), see controls.py."""
+    from .controls import negated_training_loss
+    from .infl import load_final_model
+    data = data_for(args, seed)
+    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
+                           data.train.ids, data.train.y, negated_training_loss(data))
 
 
 def influence_functions_unit(args, method: str, seed: int, progress: bool = True) -> None:
@@ -209,7 +238,7 @@ def influence_functions_unit(args, method: str, seed: int, progress: bool = True
 
 # Every method a driver can run: its unit writes OUT/influence/<Method>/influence_<method>_<seed>.csv.
 METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Influence_functions": influence_functions_unit,
-                "Random": random_unit}
+                "TracIn_last": retrace_unit, "Loss": loss_unit, "Random": random_unit}
 
 
 def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) -> None:
@@ -222,14 +251,23 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
         io.write_score_csv(io.score_path(args.output_dir, m, n, seed), rows)
 
 
+def write_flipped(args, seeds: Sequence[int]) -> None:
+    """OUT/noise/flipped_<seed>.csv for every trial that lacks it."""
+    from .noise import noise_path, write_flipped_csv
+    for s in seeds:
+        path = noise_path(args.output_dir, s)
+        if not os.path.exists(path):
+            write_flipped_csv(path, data_for(args, s), args.label_noise, s)
+
+
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "train_csv", "val_csv", "test_csv")
+                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise")
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
 METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate")}
-RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
+RESULT_PATHS = ("run.json", "train", "noise", "influence", "score", "summary", "fig")
 
 
 def check_or_reset_output(args) -> None:
@@ -307,6 +345,8 @@ def run_experiment(args) -> None:
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
           f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")
 
+    if args.label_noise:
+        write_flipped(args, seeds)
     run_units([(train_unit, s) for s in seeds if not train_done(args, s)], args, "train")
     run_units([(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
                if not os.path.exists(io.influence_path(args.output_dir, m, s))], args, "influence")

@@ -15,7 +15,9 @@ walking back from the last step with u_T = u:
 
 Hara evaluates g and H at theta = theta[t] (parameters stored at every step);
 Ours at theta = theta[T] (final parameters only). Both come from one
-double-backward pass per step (`RetraceGraph`).
+double-backward pass per step (`RetraceGraph`). With `retrace_u=False` u stays
+the validation gradient: Ours without the Hessian terms, the control method
+TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
 
 Two keyword options of `retrace` reproduce departures of the published code
 from this algorithm, for ablation only (validate_influence.py measures them;
@@ -78,9 +80,11 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
 
 
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
-            net: Callable = cnn, *, hu_over_batch: bool = False, sample_grads_alone: bool = False) -> np.ndarray:
+            net: Callable = cnn, *, retrace_u: bool = True, hu_over_batch: bool = False,
+            sample_grads_alone: bool = False) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,).
 
+    `retrace_u=False` skips the update u <- u - eta_t H_t u (TracIn_last with method Ours).
     `hu_over_batch` and `sample_grads_alone`: the published code's variants (module docstring); ablations only.
     """
     assert method in RETRACE_METHODS, method
@@ -109,6 +113,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             ug = dots_one_at_a_time(alone, params, x, y, u)
         lr = float(record.lr[t])
         influence[idx] += lr / len(idx) * ug
-        step = lr / len(idx) if hu_over_batch else lr
-        u = [ui - step * h for ui, h in zip(u, hu)]
+        if retrace_u:
+            step = lr / len(idx) if hu_over_batch else lr
+            u = [ui - step * h for ui, h in zip(u, hu)]
     return influence

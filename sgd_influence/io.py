@@ -12,7 +12,7 @@ from io import StringIO
 import numpy as np
 
 METHOD_FILE = {"Hara": "hara", "Ours": "ours", "Random": "random",
-               "Influence_functions": "influence_functions"}
+               "Influence_functions": "influence_functions", "TracIn_last": "tracin_last", "Loss": "loss"}
 
 
 @contextlib.contextmanager
