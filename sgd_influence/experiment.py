@@ -80,6 +80,9 @@ def build_parser(description: str, default_out: str, methods: Sequence[str]) -> 
     p.add_argument("--methods", nargs="+", choices=methods, default=list(methods), help="methods to run")
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crop and flip (the published code augments)")
+    p.add_argument("--retrace", choices=("fd", "exact"), default="fd",  # = infl.RETRACE_MODES
+                   help="how Hara/Ours take each step's Hessian-vector product and per-sample products: "
+                        "finite differences (about 2.5 training steps) or exact double backward (about 5)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
@@ -149,7 +152,8 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     from .infl import retrace
     data = data_for(args, seed)
-    influence = retrace(data, io.train_dir(args.output_dir, seed), method, args.batch_size, progress)
+    influence = retrace(data, io.train_dir(args.output_dir, seed), method, args.batch_size, progress,
+                        mode=args.retrace)
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, influence)
 
@@ -175,7 +179,7 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment")
+                   "no_augment", "retrace")
 RESULT_PATHS = ("run.json", "train", "influence", "score", "summary", "fig")
 
 
