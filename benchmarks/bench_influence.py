@@ -272,6 +272,9 @@ def parse(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--label", default=socket.gethostname(), help="results file name")
     p.add_argument("--accuracy", action="store_true", help="also run full exact and fd retraces and compare")
+    p.add_argument("--accuracy-on", metavar="RUN_DIR", default=None,
+                   help="only compare exact and fd retraces on an existing run folder (OUT/train/seed_0), "
+                        "trained with these -ds/--n-train/--n-val/-bs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.n_train is None:
@@ -298,11 +301,31 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def print_accuracy(acc: dict) -> None:
+    for m, a in acc.items():
+        print(f"{m} fd vs exact over {a['steps']} steps: Spearman {a['spearman']:.6f}, influence rel. err "
+              f"{a['influence_rel_err']:.2e}, H u rel. err median {a['hu_rel_err_median']:.2e} "
+              f"(max {a['hu_rel_err_max']:.2e}), final u rel. err {a['u_final_rel_err']:.2e} "
+              f"(max over steps {a['u_rel_err_max']:.2e})")
+
+
+def accuracy_only(args) -> None:
+    from sgd_influence.io import write_json
+    data = load(args, args.n_train)
+    acc = {m: accuracy(data, args.accuracy_on, m, args.batch_size) for m in ("Ours", "Hara")}
+    write_json(os.path.join(ROOT, "benchmarks", "results", f"{args.label}-accuracy.json"),
+               {"run_dir": os.path.abspath(args.accuracy_on), "settings": {k: v for k, v in vars(args).items()
+                                                                         if k != "child"}, "accuracy": acc})
+    print_accuracy(acc)
+
+
 def main(argv=None) -> None:
     args = parse(argv)
     if args.child:
         return child(json.loads(args.child))
     context = set_context(args.device_id)
+    if args.accuracy_on:
+        return accuracy_only(args)
     clock = Clock(use_cpu=context == "cpu")
     start, load_start = time.perf_counter(), os.getloadavg()
     reps = 3 if args.quick else 6
@@ -348,10 +371,7 @@ def main(argv=None) -> None:
     write_json(os.path.join(results_dir, f"{args.label}.json"), res)
     print(table(res))
     if acc:
-        for m, a in acc.items():
-            print(f"{m} fd vs exact over {a['steps']} steps: Spearman {a['spearman']:.6f}, influence rel. err "
-                  f"{a['influence_rel_err']:.2e}, H u rel. err median {a['hu_rel_err_median']:.2e} "
-                  f"(max {a['hu_rel_err_max']:.2e}), final u rel. err {a['u_final_rel_err']:.2e}")
+        print_accuracy(acc)
     print(f"load average {res['load_average_start_end'][0]:.1f} -> {res['load_average_start_end'][1]:.1f} "
           f"on {os.cpu_count()} cores; total {res['total_wall_s']:.0f} s; {results_dir}/{args.label}.json")
     print(f"retrace_over_train_step={res['retrace_over_train_step']:.2f} naive_over_fast={res['naive_over_fast']:.2f}")

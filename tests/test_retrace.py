@@ -13,6 +13,7 @@ import nnabla.functions as F
 from models import Ops
 from sgd_influence.graphs import BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, trainable_params
 from sgd_influence.infl import retrace, val_gradient
+from sgd_influence.errors import UserError
 from sgd_influence.metrics import spearman
 from sgd_influence.params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
 from sgd_influence.step_record import StepRecord, step_record_path
@@ -165,7 +166,12 @@ def test_stored_step_parameters_are_the_ones_used_at_each_step(data, tmp_path):
         sgd.replay(record, t)
     # Cache size is exactly |theta| x T float32.
     n = sum(v.size for v in all_params.values())
-    assert os.path.getsize(step_params_path(run, 1)) == 4 * n * len(steps)
+    path = step_params_path(run, 1)
+    assert os.path.getsize(path) == 4 * n * len(steps)
+    with open(path, "r+b") as f:  # a damaged store is named, not half-read
+        f.truncate(os.path.getsize(path) - 4)
+    with pytest.raises(UserError, match="step_params_epoch_1.f32 is truncated"):
+        StepParamsReader(path)
 
 
 def test_retraining_with_nothing_removed_reproduces_training(data, tmp_path):
