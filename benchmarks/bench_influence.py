@@ -220,13 +220,27 @@ def child(spec: dict) -> None:
     set_context(spec["device_id"])
     args = argparse.Namespace(**spec["data"])
     data = load(args, spec["n_train"])
-    marks = [Clock.now()]
+    marks, resident = [Clock.now()], []
+
+    def on_step(*_):
+        marks.append(Clock.now())
+        resident.append(resident_kib())
     retrace(data, spec["run_dir"], spec["method"], spec["batch_size"], progress=False, mode=spec["mode"],
-            on_step=lambda *_: marks.append(Clock.now()))
+            on_step=on_step)
     steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks[1:-1], marks[2:])]  # first step builds graphs
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(spec["out"], "w") as f:
-        json.dump({"steps": steps, "rss_kib": rss_kib, "n_train": len(data.train)}, f)
+        json.dump({"steps": steps, "rss_kib": rss_kib, "n_train": len(data.train),
+                   "resident_kib_after_first_and_last_step": [resident[0], resident[-1]]}, f)
+
+
+def resident_kib():
+    """Current resident set size (Linux), None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        return None
 
 
 def run_child(spec: dict, workdir: str) -> dict:
@@ -265,7 +279,7 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="training instances (default 1920; quick 384)")
     p.add_argument("-bs", "--batch-size", type=int, default=64)
     p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2; quick 1)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--n-val", type=int, default=128, help="validation instances (u; not timed)")
     p.add_argument("--n-test", type=int, default=100)
@@ -279,6 +293,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.n_train is None:
         args.n_train = 384 if args.quick else 1920
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else 2
     return args
 
 
@@ -298,6 +314,10 @@ def table(res: dict) -> str:
     for m, by_n in res["peak_rss_kib"].items():
         sizes = ", ".join(f"n={n}: {kib / 1024:.1f}" for n, kib in by_n.items())
         lines.append(f"peak RSS of the {m} influence process (MiB)  {sizes}")
+        first_last = res["resident_kib_after_first_and_last_retrace_step"][m].get(str(res["rss_sizes"][-1]))
+        if first_last and None not in first_last:
+            lines.append(f"    resident after its first / last retrace step (MiB)  "
+                         f"{first_last[0] / 1024:.1f} / {first_last[1] / 1024:.1f}")
     return "\n".join(lines)
 
 
@@ -346,10 +366,12 @@ def main(argv=None) -> None:
         spec = {"device_id": args.device_id, "batch_size": args.batch_size, "mode": "fd",
                 "data": {k: getattr(args, k) for k in ("dataset", "data_dir", "n_val", "n_test")}}
         rss: Dict[str, Dict[str, int]] = {"Ours": {}, "Hara": {}}
+        resident: Dict[str, Dict[str, list]] = {"Ours": {}, "Hara": {}}
         for n in (small, args.n_train):
             for method in ("Ours", "Hara"):
                 out = run_child(dict(spec, method=method, n_train=n, run_dir=runs[n]), work)
                 rss[method][str(n)] = out["rss_kib"]
+                resident[method][str(n)] = out.get("resident_kib_after_first_and_last_step")
                 if n == args.n_train:
                     fig[f"{method.lower()}_step"] = out["steps"]
         acc = {m: accuracy(data, runs[args.n_train], m, args.batch_size) for m in ("Ours", "Hara")} \
@@ -362,6 +384,7 @@ def main(argv=None) -> None:
            "settings": {k: v for k, v in vars(args).items() if k not in ("child", "label")},
            "load_average_start_end": [load_start[0], os.getloadavg()[0]],
            "seconds_per_step": fig, "rss_sizes": [small, args.n_train], "peak_rss_kib": rss,
+           "resident_kib_after_first_and_last_retrace_step": resident,
            "training_wall_s_incl_hara_store": train_wall, "accuracy_fd_vs_exact": acc,
            "total_wall_s": time.perf_counter() - start,
            "retrace_over_train_step": fig["ours_step"]["figure"] / fig["train_step"]["figure"],
