@@ -1,3 +1,3 @@
-from .cnn import cnn, WIDTHS
+from .cnn import cnn, Ops, WIDTHS
 
-__all__ = ["cnn", "WIDTHS"]
+__all__ = ["cnn", "Ops", "WIDTHS"]

@@ -14,8 +14,11 @@ walking back from the last step with u_T = u:
         u      <- u - eta_t H_t u                    (H_t: Hessian of the batch mean loss)
 
 Hara evaluates g and H at theta = theta[t] (parameters stored at every step);
-Ours at theta = theta[T] (final parameters only). Both come from one
-double-backward pass per step (`RetraceGraph`). With `retrace_u=False` u stays
+Ours at theta = theta[T] (final parameters only). Both quantities of a step come
+from the same passes: `mode="fd"` (default) central differences along u on the
+network pinned to its ReLU/max-pool branches at theta (`FDRetraceGraph`, about
+2.3 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
+about 5); README, Performance, has the measured agreement. With `retrace_u=False` u stays
 the validation gradient: Ours without the Hessian terms, the control method
 TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
 
@@ -30,19 +33,20 @@ both are off by default):
 """
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
-from .graphs import GraphCache, LossGraph, RetraceGraph, trainable_params, zero_grads
+from .graphs import RETRACE_GRAPHS, GraphCache, LossGraph, trainable_params, zero_grads
 from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
 from .step_record import StepRecord, step_record_path
 from .train import init_model
 
 RETRACE_METHODS = ("Hara", "Ours")
+RETRACE_MODES = tuple(RETRACE_GRAPHS)  # ("exact", "fd")
 
 
 def val_gradient(data: Data, batch_size: int = 500, net: Callable = cnn) -> List[np.ndarray]:
@@ -80,14 +84,17 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
 
 
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
-            net: Callable = cnn, *, retrace_u: bool = True, hu_over_batch: bool = False,
-            sample_grads_alone: bool = False) -> np.ndarray:
+            net: Callable = cnn, *, mode: str = "fd", retrace_u: bool = True, hu_over_batch: bool = False,
+            sample_grads_alone: bool = False, on_step: Optional[Callable] = None) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,).
 
+    `mode`: "fd" or "exact" (module docstring).
     `retrace_u=False` skips the update u <- u - eta_t H_t u (TracIn_last with method Ours).
     `hu_over_batch` and `sample_grads_alone`: the published code's variants (module docstring); ablations only.
+    `on_step(hu, ug, u)`, if given, is called after every step with its H u, its
+    <u, g_j> and the updated u (benchmarks and accuracy checks use it).
     """
-    assert method in RETRACE_METHODS, method
+    assert method in RETRACE_METHODS and mode in RETRACE_MODES, (method, mode)
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
     load_final_model(data, run_dir, record.n_epochs, batch_size, net)
@@ -106,7 +113,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         # running statistics, which training-mode outputs never read.
         idx, seeds = record.batch(t)
         if len(idx) not in graphs:
-            graphs[len(idx)] = RetraceGraph(len(idx), data.image_shape, data.n_classes, params, net)
+            graphs[len(idx)] = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, net)
         x, y = data.train_batch(idx, seeds)
         hu, ug = graphs[len(idx)].run(x, y, u)
         if alone is not None:
@@ -116,4 +123,6 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         if retrace_u:
             step = lr / len(idx) if hu_over_batch else lr
             u = [ui - step * h for ui, h in zip(u, hu)]
+        if on_step is not None:
+            on_step(hu, ug, u)
     return influence

@@ -3,7 +3,8 @@
 The per-step store keeps, for every step of the retraced epoch, a real copy
 of every parameter array as it was when that step's gradient was taken
 (theta[t]). It is one raw float32 file per epoch, one row per step, so its
-size is exactly |theta| x T x 4 bytes, plus a small JSON layout file.
+size is exactly |theta| x T x 4 bytes, plus a small JSON layout file; the
+retrace reads one row per step.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Dict
 import numpy as np
 import nnabla as nn
 
+from .errors import UserError
 from .io import atomic_path, write_json
 
 
@@ -57,22 +59,32 @@ class StepParamsWriter:
 
 
 class StepParamsReader:
-    """Memory-mapped rows of a per-step store; `load(i)` sets row i into the model."""
+    """Rows of a per-step store; `load(i)` sets row i into the model.
+
+    Each row is read with one positioned read into a fresh array: resident memory
+    stays at one row, where a memory map would keep every row read so far
+    resident (it grew by |theta| x 4 bytes per retrace step).
+    """
 
     def __init__(self, path: str):
         with open(path + ".layout.json") as f:
             self.layout = [(k, tuple(s)) for k, s in json.load(f)]
+        self.path = path
         self.row_size = sum(int(np.prod(s)) for _, s in self.layout)
-        self.rows = np.memmap(path, np.float32, "r").reshape(-1, self.row_size)
+        self.n_rows, rest = divmod(os.path.getsize(path), 4 * self.row_size)
+        if rest:
+            raise UserError(f"{path} is truncated (not a whole number of parameter rows); "
+                            f"delete it and re-run the same command to retrain that trial")
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n_rows
 
     def arrays(self, i: int) -> Dict[str, np.ndarray]:
+        row = np.fromfile(self.path, np.float32, count=self.row_size, offset=4 * self.row_size * i)
         out, a = {}, 0
         for k, s in self.layout:
             n = int(np.prod(s))
-            out[k] = np.asarray(self.rows[i, a:a + n]).reshape(s)
+            out[k] = row[a:a + n].reshape(s)
             a += n
         return out
 

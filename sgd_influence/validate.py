@@ -62,7 +62,7 @@ METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
 # Settings that determine the training; a training in -o is reused only when they match.
 TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment")
 # Settings of the validation itself (its cache is reused only when they match).
-VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "if_alpha", "if_lr", "if_momentum", "if_epochs",
+VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
 
 
@@ -79,7 +79,8 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     """Scores of every training instance by estimator `name` (influence convention of infl.py)."""
     spec = ESTIMATORS[name]
     if spec is not None:
-        return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, **spec)
+        return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
+                       **spec)
     from influence_functions.infl import influence_functions
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
     scores, _, _ = influence_functions(data, val_gradient(data, net=net), alpha=args.if_alpha, lr=args.if_lr,
@@ -358,6 +359,10 @@ def print_summary(summary: dict) -> None:
               f"{a['sign_agreement']:6.3f}   ({v:6.3f})")
 
 
+def driver_choices(parser: argparse.ArgumentParser, dest: str) -> list:
+    return next(a.choices for a in parser._actions if a.dest == dest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiment import _HelpFormatter, build_parser as driver_parser, nonneg_int, positive_float, positive_int
     driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
@@ -381,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"estimators to score, any of {' '.join(ESTIMATORS)} (Ours always: it picks the tails)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
+    p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
+                   help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
     p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
     p.add_argument("--overwrite", action="store_true", help="redo the validation (the training is kept)")
     g = p.add_argument_group("influence functions (defaults: the drivers')")

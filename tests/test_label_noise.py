@@ -104,7 +104,7 @@ def test_noise_detection_csv_per_seed_and_mean(tmp_path):
 def test_tracin_last_is_the_fixed_u_sum_over_the_last_epoch(tmp_path):
     data, run_dir = tiny_data(), str(tmp_path)
     train(data, run_dir, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=False, progress=False, net=TINY)
-    tracin = retrace(data, run_dir, "Ours", 8, progress=False, net=TINY, retrace_u=False)
+    tracin = retrace(data, run_dir, "Ours", 8, progress=False, net=TINY, retrace_u=False, mode="exact")
     ours = retrace(data, run_dir, "Ours", 8, progress=False, net=TINY)
     # By hand: per-sample gradients (batch of one; no batch norm, so no batch coupling) at theta[T].
     load_final_model(data, run_dir, 2, 8, TINY)

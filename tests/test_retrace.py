@@ -6,8 +6,14 @@ import nnabla as nn
 import pytest
 
 from conftest import TINY, TINY_BN
-from sgd_influence.graphs import RetraceGraph, trainable_params
+import functools
+
+import nnabla.functions as F
+
+from models import Ops
+from sgd_influence.graphs import BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, trainable_params
 from sgd_influence.infl import retrace, val_gradient
+from sgd_influence.errors import UserError
 from sgd_influence.metrics import spearman
 from sgd_influence.params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
 from sgd_influence.step_record import StepRecord, step_record_path
@@ -26,11 +32,12 @@ def final_state(data, run_dir, epochs, net):
     return flat_trainable(), u
 
 
-def test_last_step_estimate_equals_exact_leave_one_out(data, tmp_path):
+@pytest.mark.parametrize("mode", ["exact", "fd"])
+def test_last_step_estimate_equals_exact_leave_one_out(data, tmp_path, mode):
     """For j in the final batch, Hara's estimate is exact (no batch-norm coupling)."""
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY)
-    influence = retrace(data, run, "Hara", 8, progress=False, net=TINY)
+    influence = retrace(data, run, "Hara", 8, progress=False, net=TINY, mode=mode)
     record = StepRecord.load(step_record_path(run))
     theta_T, u = final_state(data, run, 2, TINY)
     last = record.n_steps - 1
@@ -159,7 +166,12 @@ def test_stored_step_parameters_are_the_ones_used_at_each_step(data, tmp_path):
         sgd.replay(record, t)
     # Cache size is exactly |theta| x T float32.
     n = sum(v.size for v in all_params.values())
-    assert os.path.getsize(step_params_path(run, 1)) == 4 * n * len(steps)
+    path = step_params_path(run, 1)
+    assert os.path.getsize(path) == 4 * n * len(steps)
+    with open(path, "r+b") as f:  # a damaged store is named, not half-read
+        f.truncate(os.path.getsize(path) - 4)
+    with pytest.raises(UserError, match="step_params_epoch_1.f32 is truncated"):
+        StepParamsReader(path)
 
 
 def test_retraining_with_nothing_removed_reproduces_training(data, tmp_path):
@@ -174,3 +186,114 @@ def test_retraining_with_nothing_removed_reproduces_training(data, tmp_path):
         assert len(rows) == (2 if retrain_all else 1)
         for k, v in nn.get_parameters(grad_only=False).items():
             assert np.array_equal(v.d, trained[k]), k
+
+
+def rel_err(a, b):
+    a, b = (np.concatenate([v.ravel() for v in x]) if isinstance(x, list) else x for x in (a, b))
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("net", [TINY, TINY_BN])
+def test_finite_difference_step_matches_double_backward(data, net):
+    """FDRetraceGraph's H u and <u, g_i> against the exact double backward, and theta restored."""
+    for seed in range(3):
+        _, params, u, x, y = random_point(data, np.arange(8), net, seed)
+        theta = [p.d.copy() for p in params]
+        hu, ug = RetraceGraph(8, data.image_shape, data.n_classes, params, net).run(x, y, u)
+        hu_fd, ug_fd = FDRetraceGraph(8, data.image_shape, data.n_classes, params, net).run(x, y, u)
+        assert rel_err(hu_fd, hu) < 1e-2, seed
+        assert rel_err(ug_fd, ug) < 1e-2, seed
+        assert all(np.array_equal(p.d, t) for p, t in zip(params, theta))
+
+
+class MaskOps(Ops):
+    """Reference for pinned branches: ReLU = h * mask, max-pool = sum-pool(h * one-hot)."""
+
+    def __init__(self):
+        self.masks = []
+
+    def relu(self, h):
+        self.masks.append(nn.Variable(h.shape))
+        return h * self.masks[-1]
+
+    def max_pool(self, h, kernel):
+        self.masks.append(nn.Variable(h.shape))
+        return F.sum_pooling(h * self.masks[-1], kernel)
+
+    def set_from(self, recorder):
+        for (h, pooled), m in zip(recorder.kept, self.masks):
+            if pooled is None:
+                m.d = h.d > 0
+                continue
+            b, c, hh, ww = h.shape
+            top = h.d.reshape(b, c, hh // 2, 2, ww // 2, 2) == pooled.d[:, :, :, None, :, None]
+            m.d = (top / top.sum(axis=(3, 5), keepdims=True)).reshape(h.shape)
+
+
+def test_pinned_network_stays_on_the_recorded_branches(data):
+    """Offsets pin every ReLU and max-pool: far enough from theta that the ordinary
+    network switches branches, the pinned one equals the masked reference."""
+    _, params, u, x, y = random_point(data, np.arange(8), TINY_BN, seed=2)
+    recorder, replayer, masks = BranchRecorder(), BranchReplayer(), MaskOps()
+    graphs = [LossGraph(8, data.image_shape, data.n_classes, False, net=functools.partial(TINY_BN, ops=o))
+              for o in (recorder, replayer, masks)]
+    for g in graphs:
+        g.feed(x, y, 1.0 / 8)
+        g.per_sample.persistent = True
+    graphs[0].loss.forward()
+    replayer.pin_to(recorder)
+    masks.set_from(recorder)
+    signs_at_theta = [h.d > 0 for h, _ in recorder.kept]
+    theta = [p.d.copy() for p in params]
+    for step in (0.0, 3e-3):  # at 3e-3 dozens of ReLUs switch, |h - h_r| stays below k
+        move(params, theta, u, step)
+        losses = []
+        for g in graphs:
+            g.loss.forward()
+            losses.append(g.per_sample.d.copy())
+        pinned, reference = losses[1], losses[2]
+        assert np.allclose(pinned, reference, rtol=1e-5, atol=1e-5), step
+    flips = sum(int((s != (h.d > 0)).sum()) for s, (h, _) in zip(signs_at_theta, recorder.kept))
+    assert flips > 0  # the ordinary network did switch branches at the moved point
+    assert not np.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["Hara", "Ours"])
+def test_finite_difference_retrace_ranks_like_exact(data, tmp_path, method):
+    """The default retrace (finite differences) against the exact double backward."""
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY_BN)
+    exact = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="exact")
+    fd = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="fd")
+    assert spearman(fd, exact) >= 0.999
+    assert rel_err(fd, exact) < 1e-2
+
+
+def test_cli_retrace_choices_are_the_implemented_modes():
+    from sgd_influence.experiment import build_parser
+    from sgd_influence.infl import RETRACE_MODES
+    action = next(a for a in build_parser("", "out", ["Hara"])._actions if a.dest == "retrace")
+    assert set(action.choices) == set(RETRACE_MODES) and action.default == "fd"
+
+
+def test_pinned_max_pool_on_odd_sizes():
+    """A 2x2 max-pool of a 7x5 map (the last row and column lie outside every window):
+    pinned, a small move keeps the recorded picks where the ordinary pool switches."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 3, 7, 5)).astype(np.float32)
+    recorder, replayer = BranchRecorder(), BranchReplayer()
+    h_rec, h_rep = nn.Variable(z.shape), nn.Variable(z.shape)
+    recorder.max_pool(h_rec, (2, 2))
+    pinned = replayer.max_pool(h_rep, (2, 2))
+    h_rec.d = z
+    recorder.kept[0][1].forward()
+    replayer.pin_to(recorder)
+    windows = z[:, :, :6, :4].reshape(2, 3, 3, 2, 2, 2)
+    pick = windows.reshape(2, 3, 3, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 3, 3, 2, 4).argmax(-1)
+    delta = rng.normal(size=z.shape).astype(np.float32) * 0.3
+    h_rep.d = z + delta
+    pinned.forward()
+    moved = (z + delta)[:, :, :6, :4].reshape(2, 3, 3, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 3, 3, 2, 4)
+    expected = np.take_along_axis(moved, pick[..., None], -1)[..., 0]
+    assert np.allclose(pinned.d, expected, atol=1e-5)
+    assert (moved.argmax(-1) != pick).any()  # the ordinary pool would have switched somewhere
