@@ -3,6 +3,6 @@
 `load_dataset` is the one entry point; `Data` and `Split` are what every phase
 (training, retrace, retraining) consumes.
 """
-from .pipeline import Data, Split, load_dataset, DATASETS, default_data_dir
+from .pipeline import CLASS_NAMES, Data, Split, load_dataset, DATASETS, default_data_dir
 
-__all__ = ["Data", "Split", "load_dataset", "DATASETS", "default_data_dir"]
+__all__ = ["CLASS_NAMES", "Data", "Split", "load_dataset", "DATASETS", "default_data_dir"]

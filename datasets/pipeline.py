@@ -24,6 +24,12 @@ DATASETS = ("fashion_mnist", "mnist", "cifar10", "stl10", "csv")
 # without --val-csv: CSV_VAL_FRACTION of the training CSV.
 VAL_SIZE = {"fashion_mnist": 10000, "mnist": 10000, "cifar10": 10000, "stl10": 1000}
 CSV_VAL_FRACTION = 0.1
+# Class names by label index, for figures (MNIST and user CSVs: the index is the name).
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "stl10": ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
+}
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 PAD = 4  # random-crop padding in pixels

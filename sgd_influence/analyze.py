@@ -41,6 +41,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from datasets import CLASS_NAMES
+
 from . import io
 from .errors import UserError
 from .metrics import kendall_tau_b, spearman
@@ -479,8 +481,10 @@ def mosaic(images: np.ndarray, cols: int, gap_x: int, gap_y: int) -> np.ndarray:
     return out
 
 
-def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: str, title: str) -> None:
-    """Up to 32 images (uint8 NCHW) in rows of 8, each captioned with label and influence.
+def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: str, title: str,
+              class_names: Sequence[str] = ()) -> None:
+    """Up to 32 images (uint8 NCHW) in rows of 8, each captioned with label (its class
+    name when known) and influence.
 
     One picture in one axes (32 small axes take seconds to lay out)."""
     plt = pyplot()
@@ -493,7 +497,9 @@ def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: 
     ax.imshow(m[..., 0] if m.shape[2] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     for k in range(len(images)):
         r, q = divmod(k, cols)
-        ax.text(q * (w + gx) + w / 2, r * (h + gy) + h + 1, f"y={labels[k]}  {values[k]:.2e}",
+        y = int(labels[k])
+        name = class_names[y] if y < len(class_names) else f"y={y}"
+        ax.text(q * (w + gx) + w / 2, r * (h + gy) + h + 1, f"{name}  {values[k]:.2e}",
                 ha="center", va="top", fontsize=6.5)
     ax.axis("off")
     fig.suptitle(title, fontsize=9, y=0.995, va="top")
@@ -530,7 +536,8 @@ def write_grids(influence: Influence, source: Dict[str, Folder], fig_dir: str) -
                 which = "most negative: removal lowers the validation loss" if kind == "harmful" \
                     else "most positive: removal raises the validation loss"
                 plot_grid(train.x[idx], f["labels"][pick], f["influence"][pick], out,
-                          f"{method}, seed {seed}: the {k} {which}")
+                          f"{method}, seed {seed}: the {k} {which}",
+                          CLASS_NAMES.get(source[method].settings.get("dataset"), ()))
                 written.append(out)
     return written
 

@@ -186,11 +186,12 @@ def test_every_figure_written(single):
 
 def test_grids_show_the_run_images_in_removal_order(single, idx_dir, monkeypatch):
     shown = []
-    monkeypatch.setattr(A, "plot_grid", lambda images, labels, values, path, title: shown.append(
-        (os.path.basename(path), images, labels, values)))
+    monkeypatch.setattr(A, "plot_grid", lambda images, labels, values, path, title, names: shown.append(
+        (os.path.basename(path), images, labels, values, names)))
     A.write_grids({"Hara": {1: io.influence_path(single, "Hara", 1)}}, {"Hara": A.read_folder(single)}, "unused")
     train = load_dataset("fashion_mnist", 1, idx_dir, N_TRAIN, 8, 8).train
-    (name_h, img_h, y_h, v_h), (name_p, img_p, y_p, v_p) = shown
+    (name_h, img_h, y_h, v_h, names), (name_p, img_p, y_p, v_p, _) = shown
+    assert names[0] == "T-shirt" and names[9] == "Boot"  # Fashion-MNIST's classes by label
     assert name_h == "harmful_Hara_seed1.png" and name_p == "helpful_Hara_seed1.png"
     # Hara scores instance i as i - 20: the 32 most negative are 0..31, the most positive 39 down to 8.
     np.testing.assert_array_equal(img_h, train.x[:32])
