@@ -103,7 +103,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("--retrace", choices=("fd", "exact"), default="fd",  # = infl.RETRACE_MODES
                    help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
-                        "(about 2.3 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
+                        "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
