@@ -297,3 +297,23 @@ def test_pinned_max_pool_on_odd_sizes():
     expected = np.take_along_axis(moved, pick[..., None], -1)[..., 0]
     assert np.allclose(pinned.d, expected, atol=1e-5)
     assert (moved.argmax(-1) != pick).any()  # the ordinary pool would have switched somewhere
+
+
+def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_path):
+    """--retrace changes Hara/Ours/TracIn_last scores only: a folder without them takes the
+    new value (the training is reused); with them, the change is refused and named."""
+    from sgd_influence import io
+    from sgd_influence.errors import UserError
+    from sgd_influence.experiment import build_parser, check_or_reset_output
+    out = str(tmp_path / "out")
+    parser = build_parser("", "out", ["Hara", "Ours", "Random"])
+    old = parser.parse_args(["-o", out, "--retrace", "exact"])
+    os.makedirs(os.path.join(out, "influence", "Random"))
+    io.write_json(os.path.join(out, "run.json"), {"settings": vars(old)})
+    new = parser.parse_args(["-o", out])
+    check_or_reset_output(new)  # only Random has results: allowed
+    os.makedirs(os.path.join(out, "influence", "Ours"))
+    open(os.path.join(out, "influence", "Ours", "influence_seed_0.csv"), "w").close()
+    with pytest.raises(UserError, match="retrace 'exact' -> 'fd'"):
+        check_or_reset_output(new)
+    check_or_reset_output(old)  # the same settings resume
