@@ -102,13 +102,10 @@ def replay_steps(data, run_dir: str, n: int, drop: float) -> List[tuple]:
 def at_final_params(data, run_dir: str):
     """Model at theta[T], u = validation gradient, the step record."""
     from sgd_influence.graphs import trainable_params
-    from sgd_influence.infl import val_gradient
-    from sgd_influence.params import checkpoint_path, load_checkpoint
+    from sgd_influence.infl import load_final_model, val_gradient
     from sgd_influence.step_record import StepRecord, step_record_path
-    from sgd_influence.train import init_model
     record = StepRecord.load(step_record_path(run_dir))
-    init_model(data, 0, len(record.batch(0)[0]))
-    load_checkpoint(checkpoint_path(run_dir, record.n_epochs))
+    load_final_model(data, run_dir, record.n_epochs, len(record.batch(0)[0]))
     return list(trainable_params().values()), val_gradient(data), record
 
 
@@ -129,19 +126,16 @@ def solver_steps(data, state, n: int, alpha: float, lr: float, momentum: float) 
     """Steps of the influence-functions solve as `influence_functions.infl.solve` takes them:
     H_B v on a training mini-batch at theta[T] (batch norm in test mode, double backward),
     the objective and residual of the trace, and the heavy-ball update."""
-    from influence_functions.infl import Hessian, dot
+    from influence_functions.infl import Hessian, dot, heavy_ball_update, objective_gradient
     params, u, record = state
     hessian = Hessian(data)
     v, m = [a.copy() for a in u], [np.zeros_like(a) for a in u]
     batches = iter([record.batch(t)[0] for t in range(n + 1)])
 
     def step():
-        hv, _ = hessian.products(next(batches), v)
-        grad = [h + alpha * a - b for h, a, b in zip(hv, v, u)]
-        _ = 0.5 * dot(v, hv) + 0.5 * alpha * dot(v, v) - dot(u, v), np.sqrt(dot(grad, grad))
-        for a in range(len(v)):
-            m[a] = momentum * m[a] + grad[a]
-            v[a] = v[a] - lr * m[a]
+        grad, _, _, _ = objective_gradient(hessian, next(batches), v, u, alpha)
+        np.sqrt(dot(grad, grad))  # the trace's residual
+        heavy_ball_update(v, m, grad, lr, momentum)
     step()
     return timed(step, n)
 

@@ -75,6 +75,22 @@ class SolverDiverged(UserError):
     pass
 
 
+def objective_gradient(hessian: Hessian, idx: np.ndarray, v: Vector, u: Vector,
+                       alpha: float) -> Tuple[Vector, float, float, float]:
+    """On the batch B = idx: grad f(v) = H_B v + alpha v - u, f(v), |v|^2 and v^T H_B v."""
+    hv, _ = hessian.products(idx, v)
+    vv, vhv = dot(v, v), dot(v, hv)
+    grad = [h + alpha * a - b for h, a, b in zip(hv, v, u)]
+    return grad, 0.5 * vhv + 0.5 * alpha * vv - dot(u, v), vv, vhv
+
+
+def heavy_ball_update(v: Vector, m: Vector, grad: Vector, lr: float, momentum: float) -> None:
+    """In place: m <- momentum * m + grad; v <- v - lr * m."""
+    for a in range(len(v)):
+        m[a] = momentum * m[a] + grad[a]
+        v[a] = v[a] - lr * m[a]
+
+
 def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
           batch_size: int, seed: int, average: bool = True, progress: bool = True) -> Tuple[Vector, np.ndarray]:
     """v ~= (H + alpha I)^-1 u by heavy-ball SGD on f(v), and the trace of the solve.
@@ -91,20 +107,17 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     n = len(hessian.data.train)
     v = [np.zeros_like(a) for a in u]
     m = [np.zeros_like(a) for a in u]
-    bound = DIVERGENCE_FACTOR * np.sqrt(dot(u, u)) / alpha
+    u_norm = np.sqrt(dot(u, u))
+    bound = DIVERGENCE_FACTOR * u_norm / alpha
     rng = np.random.default_rng([seed, 3])
     batches = [b for _ in range(epochs) for b in epoch_batches(rng, n, batch_size, augment=False)[0]]
     steps_per_epoch = len(batches) // epochs
     trace = np.zeros((len(batches), len(TRACE_COLUMNS)))
-    u_norm = np.sqrt(dot(u, u))
     tail = len(batches) // 2
     v_sum = [np.zeros(a.shape, np.float64) for a in u]
     bar = tqdm(batches, desc="inverse HVP", disable=not progress, unit="step")
     for k, idx in enumerate(bar):
-        hv, _ = hessian.products(idx, v)
-        vv, vhv = dot(v, v), dot(v, hv)
-        objective = 0.5 * vhv + 0.5 * alpha * vv - dot(u, v)
-        grad = [h + alpha * a - b for h, a, b in zip(hv, v, u)]
+        grad, objective, vv, vhv = objective_gradient(hessian, idx, v, u, alpha)
         trace[k] = (k // steps_per_epoch, k, objective, np.sqrt(vv), vhv / vv if vv > 0 else np.nan,
                     np.sqrt(dot(grad, grad)) / u_norm)
         if not np.isfinite(objective) or np.sqrt(vv) > bound:
@@ -112,11 +125,10 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
                 f"the influence-functions solve diverged at step {k + 1} of {len(batches)} "
                 f"(objective {objective:.3g}, |v| {np.sqrt(vv):.3g} > {DIVERGENCE_FACTOR:g}|u|/alpha = {bound:.3g}): "
                 f"raise --if-alpha (damping below the most negative curvature) or lower --if-lr")
-        for a in range(len(v)):
-            m[a] = momentum * m[a] + grad[a]
-            v[a] = v[a] - lr * m[a]
-            if k >= tail:
-                v_sum[a] += v[a]
+        heavy_ball_update(v, m, grad, lr, momentum)
+        if k >= tail:
+            for acc, a in zip(v_sum, v):
+                acc += a
         if k % 10 == 0:
             bar.set_postfix(objective=f"{objective:.4g}")
     if average:
