@@ -36,7 +36,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sgd_influence.experiment import build_parser, set_context  # noqa: E402
+from sgd_influence.experiment import _HelpFormatter, build_parser, set_context  # noqa: E402
 
 _DRIVER = build_parser("", "", ())
 IF_DEFAULTS = {k: _DRIVER.get_default(f"if_{k}") for k in ("alpha", "lr", "momentum")}  # the drivers' solver
@@ -268,17 +268,17 @@ def accuracy(data, run_dir: str, method: str, batch_size: int) -> dict:
 # ----------------------------------------------------------------------- main
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under 5 minutes)")
-    p.add_argument("-ds", "--dataset", default="fashion_mnist")
+    p.add_argument("-ds", "--dataset", default="fashion_mnist", help="dataset (as in the drivers)")
     p.add_argument("--n-train", type=int, default=None, help="training instances (default 1920; quick 768)")
-    p.add_argument("-bs", "--batch-size", type=int, default=64)
+    p.add_argument("-bs", "--batch-size", type=int, default=64, help="SGD mini-batch size")
     p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2; quick 1)")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     p.add_argument("--n-val", type=int, default=128, help="validation instances (u; not timed)")
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--n-test", type=int, default=100, help="test instances (loaded, not timed)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
     p.add_argument("--label", default=socket.gethostname(), help="results file name")
     p.add_argument("--accuracy", action="store_true", help="also run full exact and fd retraces and compare")
     p.add_argument("--accuracy-on", metavar="RUN_DIR", default=None,
