@@ -43,7 +43,8 @@ import numpy as np
 
 from datasets import CLASS_NAMES
 
-from . import io
+from . import figures, io
+from .figures import pyplot
 from .errors import UserError
 from .metrics import kendall_tau_b, spearman
 
@@ -383,13 +384,6 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
 
 
 # ------------------------------------------------------------------------ figures
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def color(method: str):
     import matplotlib
     k = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method)) % 6
@@ -397,9 +391,7 @@ def color(method: str):
 
 
 def save(fig, path: str) -> None:
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    pyplot().close(fig)
+    figures.save(fig, path, dpi=100)
 
 
 def accuracy_panel(ax, rows: Sequence[Row], base, errorbars: bool, title: str) -> None:

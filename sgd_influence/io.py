@@ -50,6 +50,16 @@ def write_json(path: str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str):
+    """A JSON file this tool wrote; a corrupt one stops with a line naming it and the fix."""
+    from .errors import UserError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({e}); delete it (or use --overwrite) and re-run") from None
+
+
 def train_dir(out: str, seed: int) -> str:
     return os.path.join(out, "train", f"seed_{seed}")
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from datasets import DATASETS, Data
 from models import cnn
-from . import io
+from . import figures, io, lds
 from .errors import UserError
 from .graphs import GraphCache, evaluate, trainable_params
 from .infl import load_final_model, retrace, val_gradient
@@ -48,14 +48,26 @@ from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_par
 from .step_record import StepRecord, step_record_path
 from .train import SGD, init_model, train
 
-# name -> keyword arguments of infl.retrace (None: influence functions)
+# name -> keyword arguments of infl.retrace; None: not a retrace (estimate() says what it is)
 ESTIMATORS: Dict[str, dict | None] = {
     "Hara": dict(method="Hara"),
     "Ours": dict(method="Ours"),
     "Influence_functions": None,
+    "TracIn_last": dict(method="Ours", retrace_u=False),
+    "Loss": None,
+    "Random": None,
     "Ours_hu_over_batch": dict(method="Ours", hu_over_batch=True),
     "Ours_sample_alone": dict(method="Ours", sample_grads_alone=True),
 }
+# The single-instance check's default estimators (the published code's two variants included).
+SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
+# LDS: every scoring method the drivers know, and Random (its LDS must come out near 0).
+LDS_DEFAULT = ("Hara", "Ours", "Influence_functions", "TracIn_last", "Loss", "Random")
+# The settings an estimator's scores depend on beyond the training's.
+ESTIMATOR_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate",
+                                              "seed"),
+                      "Random": ("seed",),
+                      **{m: ("retrace",) for m, spec in ESTIMATORS.items() if spec is not None}}
 TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
@@ -81,8 +93,13 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     if spec is not None:
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
                        **spec)
-    from influence_functions.infl import influence_functions
+    if name == "Random":  # the drivers' Random control (experiment.random_unit)
+        return np.random.default_rng([args.seed, 2]).random(len(data.train))
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
+    if name == "Loss":
+        from .controls import negated_training_loss
+        return negated_training_loss(data, net=net)
+    from influence_functions.infl import influence_functions
     scores, _, _ = influence_functions(data, val_gradient(data, net=net), alpha=args.if_alpha, lr=args.if_lr,
                                        momentum=args.if_momentum, epochs=args.if_epochs,
                                        batch_size=args.batch_size, seed=args.seed,
@@ -90,13 +107,26 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     return scores
 
 
-def cached_estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress: bool) -> np.ndarray:
-    path = os.path.join(cache_dir(args.output_dir), f"estimate_{name}.npy")
-    if os.path.exists(path):
-        return np.load(path, allow_pickle=False)
+def cached_estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress: bool,
+                    folder: str | None = None) -> np.ndarray:
+    """Scores from `folder` (default: the single-instance cache) or computed and saved there.
+
+    Beside each `estimate_<name>.npy` a JSON keeps the settings it depends on
+    (ESTIMATOR_SETTINGS); scores made under other settings are recomputed.
+    """
+    folder = folder or cache_dir(args.output_dir)
+    path = os.path.join(folder, f"estimate_{name}.npy")
+    used = {k: getattr(args, k) for k in ESTIMATOR_SETTINGS.get(name, ())}
+    meta = os.path.join(folder, f"estimate_{name}.json")
+    if os.path.exists(path) and (not os.path.exists(meta) or io.read_json(meta) == used):
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise UserError(f"{path} is corrupt ({e}); delete it and re-run") from None
     scores = estimate(name, data, run_dir, args, net, progress)
     with io.atomic_path(path) as tmp:
         np.save(tmp, scores)
+    io.write_json(meta, used)
     return scores
 
 
@@ -135,19 +165,25 @@ class Counterfactuals:
         self.sgd = SGD(init_model(data, 0, batch_size, net), data)
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
         load_checkpoint(checkpoint_path(run_dir, self.record.n_epochs))
-        self.theta = flat_trainable()
         self.u = np.concatenate([g.ravel() for g in val_gradient(data, net=net)]).astype(np.float64)
+        # Paired truths: the baseline is the same replay with nothing removed. On CPU it is
+        # theta[T] bit for bit; where replays are not bit-exact (GPU) it carries the same
+        # nondeterminism as every counterfactual, which a stored theta[T] would not.
+        self.replay_without(None)
+        self.theta = flat_trainable()
         self.val_loss = self.val_loss_now()
 
     def val_loss_now(self) -> float:
         return evaluate(self.test_graphs, self.data.normalize, self.data.val)[0]
 
-    def replay_without(self, j: int) -> None:
-        """Leave theta_{-j}[T] in the model: stored theta[t_j], then steps t_j..T-1 without j."""
-        r = int(self.row[j])
+    def replay_without(self, j: int | None) -> None:
+        """Leave theta_{-j}[T] in the model: stored theta[t_j], then steps t_j..T-1 without j
+        (j None: the whole epoch with nothing removed)."""
+        r = 0 if j is None else int(self.row[j])
         self.stored.load(r)
         keep = np.ones(len(self.data.train), bool)
-        keep[j] = False
+        if j is not None:
+            keep[j] = False
         for t in self.steps[r:]:
             self.sgd.replay(self.record, t, keep)
 
@@ -192,8 +228,10 @@ def metrics_of(estimate: np.ndarray, truth: np.ndarray) -> Dict[str, float | Non
 
 
 def all_metrics(table: Dict[str, np.ndarray], picks: np.ndarray, methods: List[str]) -> dict:
-    """{truth: {method: {subset: {metric: value}}}}, subsets: all checked, and the random half only."""
-    subsets = {"all": np.ones(len(picks), bool), "random": picks == "random"}
+    """{truth: {method: {subset: {metric: value}}}}, subsets: the uniformly drawn half ("random",
+    the headline: an unbiased sample of the training set), Ours' tails ("tails": chosen by one
+    estimator, so they flatter it) and all checked instances."""
+    subsets = {"random": picks == "random", "tails": picks != "random", "all": np.ones(len(picks), bool)}
     return {truth: {m: {s: metrics_of(table[m][mask], table[truth][mask]) for s, mask in subsets.items()}
                     for m in methods}
             for truth in TRUTHS}
@@ -237,9 +275,7 @@ def write_table(path: str, data: Data, idx: np.ndarray, picks: List[str], steps:
 
 
 def plot_scatter(path: str, method: str, table: Dict[str, np.ndarray], picks: np.ndarray, metrics: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     for ax, truth in zip(axes, TRUTHS):
         x, y = table[truth], table[method]
@@ -250,26 +286,42 @@ def plot_scatter(path: str, method: str, table: Dict[str, np.ndarray], picks: np
         if finite.any():
             lo, hi = min(x.min(), y[finite].min()), max(x.max(), y[finite].max())
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-        s = metrics[truth][method]["all"]
-        title = "diverged" if s["spearman"] is None else f"Spearman {s['spearman']:.3f}, Pearson {s['pearson']:.3f}"
+        s = metrics[truth][method]["random"]
+        title = ("diverged" if s["spearman"] is None else
+                 f"random picks: Spearman {s['spearman']:.3f}, Pearson {s['pearson']:.3f}")
         ax.set(xlabel=truth.replace("_", " "), ylabel=f"{method} estimate", title=title)
         ax.axhline(0, c="0.7", lw=0.5)
         ax.axvline(0, c="0.7", lw=0.5)
         ax.legend(fontsize=7)
     fig.suptitle(f"{method} vs actual counterfactual retraining")
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 # --------------------------------------------------------------------- driver
+# Settings of the LDS truths (the subsets and replays add to its cache, so they are not here).
+LDS_SETTINGS = TRAIN_SETTINGS + ("n_val", "seed")
+
+
 def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in VALIDATION_SETTINGS}
 
 
+def check_cache_settings(folder: str, settings: dict, what: str) -> None:
+    """A cache folder is reused only under the settings it was made with."""
+    path = os.path.join(folder, "settings.json")
+    if os.path.exists(path):
+        old = io.read_json(path)
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise UserError(f"{os.path.dirname(folder)} holds {what} of other settings ({'; '.join(diff)}); "
+                            f"use another -o, or --overwrite to redo it")
+    else:
+        io.write_json(path, settings)
+
+
 def prepare_output(args) -> None:
-    """Reuse a training in -o only under the same settings; the same for the validation cache."""
+    """Reuse a training in -o only under the same settings; the same for the validation caches."""
     out = args.output_dir
     try:
         os.makedirs(out, exist_ok=True)
@@ -278,8 +330,7 @@ def prepare_output(args) -> None:
     io.remove_stale_temporaries(out)
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
-        with open(run_json) as f:
-            old = json.load(f).get("settings", {})
+        old = io.read_json(run_json).get("settings", {})
         diff = [f"{k} {old.get(k)!r} -> {getattr(args, k)!r}" for k in TRAIN_SETTINGS if old.get(k) != getattr(args, k)]
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
@@ -288,41 +339,52 @@ def prepare_output(args) -> None:
         io.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
                                  "settings": settings_of(args), "code_version": code_version()})
     vdir = validation_dir(out)
-    if args.overwrite and os.path.isdir(vdir):
-        shutil.rmtree(vdir)
-    settings_path = os.path.join(cache_dir(out), "settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            old = json.load(f)
-        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings_of(args).items() if old.get(k) != v]
-        if diff:
-            raise UserError(f"{vdir} holds a validation of other settings ({'; '.join(diff)}); "
-                            f"use another -o, or --overwrite to redo the validation")
-    else:
-        io.write_json(settings_path, settings_of(args))
+    if args.lds:
+        if args.overwrite:
+            shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
+        check_cache_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, "an LDS")
+        return
+    if args.overwrite:
+        shutil.rmtree(cache_dir(out), ignore_errors=True)
+    check_cache_settings(cache_dir(out), settings_of(args), "a validation")
+
+
+def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict) -> str:
+    """The run folder of the trial, trained (with Hara's per-step store) unless it exists."""
+    run_dir = io.train_dir(args.output_dir, args.seed)
+    if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
+        t0 = time.time()
+        train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
+              progress=progress, net=net, augment=not args.no_augment)
+        seconds["train"] = time.time() - t0
+    return run_dir
+
+
+def all_estimates(methods: List[str], data: Data, run_dir: str, args, net: Callable, progress: bool,
+                  seconds: dict, folder: str | None = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """Scores of every method (cached); a diverged influence-functions solve gives NaNs and an error."""
+    scores, errors = {}, {}
+    for name in methods:
+        t = time.time()
+        try:
+            scores[name] = cached_estimate(name, data, run_dir, args, net, progress, folder)
+        except UserError as e:  # a diverged influence-functions solve: reported, not fatal
+            if name != "Influence_functions":
+                raise
+            print(f"warning: {name}: {e}", file=sys.stderr)
+            errors[name] = str(e)
+            scores[name] = np.full(len(data.train), np.nan)
+        seconds[name] = time.time() - t
+    return scores, errors
 
 
 def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True) -> dict:
     """Train (or reuse), estimate, retrain per checked instance, and write the outputs; returns the summary."""
     prepare_output(args)
-    run_dir = io.train_dir(args.output_dir, args.seed)
     seconds = {}
-    t0 = time.time()
-    if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
-        train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
-              progress=progress, net=net, augment=not args.no_augment)
-        seconds["train"] = time.time() - t0
+    run_dir = ensure_training(args, data, net, progress, seconds)
     methods = ["Ours"] + [m for m in ESTIMATORS if m in args.methods and m != "Ours"]  # Ours picks the tails
-    scores, errors = {}, {}
-    for name in methods:
-        t = time.time()
-        try:
-            scores[name] = cached_estimate(name, data, run_dir, args, net, progress)
-        except UserError as e:  # a diverged influence-functions solve: reported, not fatal
-            print(f"warning: {name}: {e}", file=sys.stderr)
-            errors[name] = str(e)
-            scores[name] = np.full(len(data.train), np.nan)
-        seconds[name] = time.time() - t
+    scores, errors = all_estimates(methods, data, run_dir, args, net, progress, seconds)
     idx, picks = pick_instances(scores["Ours"], args.n_check, args.seed)
     t = time.time()
     truths, steps, n_steps = counterfactuals(data, run_dir, idx, args, net, progress)
@@ -337,7 +399,7 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
     write_table(os.path.join(vdir, "validation.csv"), data, idx, list(picks), steps, table, methods)
     summary = {"settings": settings_of(args), "n_checked": int(len(idx)),
                "picks": {p: int((picks == p).sum()) for p in ("ours_low", "ours_high", "random")},
-               "steps_in_last_epoch": n_steps, "metrics": metrics,
+               "headline": "random", "steps_in_last_epoch": n_steps, "metrics": metrics,
                "by_steps_remaining": error_by_steps_remaining(table, steps, n_steps, methods), "errors": errors,
                "seconds_this_run": {k: round(v, 1) for k, v in seconds.items()}}
     io.write_json(os.path.join(vdir, "validation.json"), summary)
@@ -346,21 +408,105 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
     return summary
 
 
+def run_lds(args, data: Data, net: Callable = cnn, progress: bool = True) -> dict:
+    """Train (or reuse), score every method, replay the subsets' removals; write lds.json,
+    lds.csv and lds_<Method>.png; returns the summary (module lds)."""
+    prepare_output(args)
+    args.progress = progress
+    seconds = {}
+    run_dir = ensure_training(args, data, net, progress, seconds)
+    folder = lds.cache_dir(args.output_dir)
+    scores, errors = all_estimates(list(args.methods), data, run_dir, args, net, progress, seconds, folder)
+    t = time.time()
+    fractions, m, k, n = args.lds_fraction, args.lds_subsets, args.noise_replays, len(data.train)
+    truths = lds.compute_truths(args, data, net, fractions, m, k)
+    seconds["replays"] = time.time() - t
+    blocks, preds = [], {}
+    rows = ["fraction,subset,subset_size,truth_mean," + ",".join(f"truth_replay_{r}" for r in range(k)) + ","
+            + ",".join(f"sum_{name}" for name in args.methods)]
+    for p in fractions:
+        subsets = [lds.subset(n, p, s, args.seed) for s in range(m)]
+        preds[p] = {name: lds.predictions(scores[name], subsets) for name in args.methods}
+        blocks.append(lds.lds_block(truths[p], preds[p], p, n, args.seed))
+        for s in range(m):
+            rows.append(",".join([f"{p:g}", str(s), str(len(subsets[s])), repr(float(truths[p][s].mean()))]
+                                 + [repr(float(v)) for v in truths[p][s]]
+                                 + [repr(float(preds[p][name][s])) for name in args.methods]))
+    vdir = validation_dir(args.output_dir)
+    summary = {**blocks[0], "blocks": blocks, "errors": errors,
+               "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
+                            "methods": list(args.methods)},
+               "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
+    io.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
+    io.write_json(os.path.join(vdir, "lds.json"), summary)
+    for name in args.methods:
+        lds.plot_lds(os.path.join(vdir, f"lds_{name}.png"), name, blocks,
+                     truths, {p: preds[p][name] for p in fractions})
+    return summary
+
+
+def print_lds(summary: dict) -> None:
+    for b in summary["blocks"]:
+        lo, hi = b["noise_ceiling_ci95"]
+        print(f"{b['fraction']:g} of the training set removed ({b['subset_size']} instances), {b['subsets']} subsets, "
+              f"{b['replays']} paired replays: noise ceiling {b['noise_ceiling']:.3f} [{lo:.3f}, {hi:.3f}]")
+        for name, r in b["methods"].items():
+            if r["lds"] is None:
+                print(f"  {name:<20} (no scores)")
+            else:
+                print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]")
+
+
 def print_summary(summary: dict) -> None:
-    print(f"{summary['n_checked']} instances; Spearman / Kendall / Jaccard@10% / sign agreement vs true linear influence "
+    print(f"{summary['picks']['random']} uniformly drawn instances (of {summary['n_checked']} checked); "
+          f"Spearman / Kendall / Jaccard@10% / sign agreement vs true linear influence "
           f"(and Spearman vs true val-loss change):")
     for m, s in summary["metrics"]["true_linear"].items():
-        a = s["all"]
+        a = s["random"]
         if a["spearman"] is None:
             print(f"  {m:<20} (no scores: {summary['errors'].get(m, 'not finite')})")
             continue
-        v = summary["metrics"]["true_val_loss_change"][m]["all"]["spearman"]
+        v = summary["metrics"]["true_val_loss_change"][m]["random"]["spearman"]
         print(f"  {m:<20} {a['spearman']:6.3f} {a['kendall']:6.3f} {a['jaccard_top10_negative']:6.3f} "
               f"{a['sign_agreement']:6.3f}   ({v:6.3f})")
 
 
 def driver_choices(parser: argparse.ArgumentParser, dest: str) -> list:
     return next(a.choices for a in parser._actions if a.dest == dest)
+
+
+# LDS defaults (README, How accurate is each estimator: the cheapest fraction and number of
+# replays whose noise ceiling reached 0.8 on the make demo settings).
+LDS_FRACTIONS = (0.05,)
+LDS_SUBSETS = 50
+LDS_REPLAYS = 2
+
+
+def open_fraction(text: str) -> float:
+    v = float(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return v
+
+
+def check_args(args) -> None:
+    """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
+    lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
+                "--noise-replays": args.noise_replays}
+    if not args.lds:
+        given = [k for k, v in lds_opts.items() if v is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} only apply with --lds; add --lds")
+        args.methods = list(args.methods or SINGLE_DEFAULT)
+        return
+    args.methods = list(dict.fromkeys(args.methods or LDS_DEFAULT))
+    args.lds_fraction = sorted(set(args.lds_fraction or LDS_FRACTIONS))
+    args.lds_subsets = args.lds_subsets or LDS_SUBSETS
+    args.noise_replays = args.noise_replays or LDS_REPLAYS
+    if args.noise_replays < 2:
+        raise UserError("--noise-replays must be at least 2: the noise ceiling compares two halves of the replays")
+    if args.lds_subsets < 5:
+        raise UserError("--lds-subsets must be at least 5 for a rank correlation over the subsets to mean anything")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,14 +528,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
     p.add_argument("--n-check", type=positive_int, default=100,
                    help="instances retrained without (a quarter from each tail of Ours, half at random)")
-    p.add_argument("--methods", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS), metavar="METHOD",
-                   help=f"estimators to score, any of {' '.join(ESTIMATORS)} (Ours always: it picks the tails)")
+    p.add_argument("--methods", nargs="+", choices=list(ESTIMATORS), default=None, metavar="METHOD",
+                   help=f"estimators to score, any of {' '.join(ESTIMATORS)} (default: {' '.join(SINGLE_DEFAULT)}; "
+                        f"with --lds {' '.join(LDS_DEFAULT)}; Ours always in the single-instance check: "
+                        f"it picks the tails)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
     p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
                    help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
     p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
-    p.add_argument("--overwrite", action="store_true", help="redo the validation (the training is kept)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo the validation, or with --lds the LDS (the training is kept)")
+    g = p.add_argument_group("LDS: group removals against the sum of the scores, with a noise ceiling "
+                             "(README, How accurate is each estimator)")
+    g.add_argument("--lds", action="store_true",
+                   help="measure the linear datamodeling score of every method instead of the single-instance check")
+    g.add_argument("--lds-fraction", type=open_fraction, nargs="+", default=None, metavar="P",
+                   help=f"fractions of the training set removed per subset, one LDS each "
+                        f"(default: {' '.join(f'{x:g}' for x in LDS_FRACTIONS)})")
+    g.add_argument("--lds-subsets", type=positive_int, default=None, metavar="M",
+                   help=f"random subsets per fraction (default: {LDS_SUBSETS})")
+    g.add_argument("--noise-replays", type=positive_int, default=None, metavar="K",
+                   help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
+                        f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
+    g.add_argument("--workers", type=positive_int, default=1, help="processes for the LDS replays")
     g = p.add_argument_group("influence functions (defaults: the drivers')")
     g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
                    help="damping alpha")
@@ -405,17 +567,22 @@ def main(argv) -> int:
     from .experiment import set_context
     args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         set_context(args.device_id)
         data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
-        summary = run_validation(args, data)
+        summary = (run_lds if args.lds else run_validation)(args, data)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
-    print_summary(summary)
-    print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
+    if args.lds:
+        print_lds(summary)
+        print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
+    else:
+        print_summary(summary)
+        print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
     return 0

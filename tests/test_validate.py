@@ -12,7 +12,7 @@ from sgd_influence.errors import UserError
 from sgd_influence.eval import retrain
 from sgd_influence.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from sgd_influence.train import train
-from sgd_influence.validate import Counterfactuals, build_parser, pick_instances, run_validation
+from sgd_influence.validate import Counterfactuals, build_parser, check_args, pick_instances, run_validation
 
 
 def test_metrics_match_hand_computed_values():
@@ -61,6 +61,7 @@ def tiny_args(out, **kw):
     args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
                                       "--lr", "0.1", "--n-check", "10", "--if-epochs", "1"])
     args.dataset = "tiny"
+    check_args(args)
     vars(args).update(kw)
     return args
 

@@ -1,0 +1,293 @@
+"""LDS: the linear datamodeling score of every estimator, with its noise ceiling.
+
+(Park et al., "TRAK", ICML 2023; as in dattri and kronfluence.) The single-
+instance check of validate.py is mostly float32 chaos at the paper's learning
+rate (README, "How accurate is each estimator"); group removals averaged over
+paired noise replays are the field's yardstick:
+
+    S_1..S_M        seeded random subsets of round(P n) training instances
+    truth           f(S) = 1/K sum_r [ L(theta^r_{-S}[T]) - L(theta^r[T]) ]
+    prediction      g(S) = sum_{j in S} score_j        (scores: predicted change of L if j is removed)
+    LDS             Spearman(g(S_s), f(S_s)) over s = 1..M
+
+L is the mean validation loss (batch norm in test mode), the quantity every
+method estimates. theta^r_{-S}[T] is the last epoch replayed as recorded
+(eval.retrain: recorded batches, augmentation seeds and learning rates, the
+members of S skipped in their batches, the gradient still divided by |S_t|)
+from theta^r[K-1], and theta^r[T] the same replay with nothing removed.
+
+Replay r starts from theta[K-1] with each trainable parameter moved, with
+probability 1/2, to its float32 neighbour above or below (seeded by (seed, r);
+r = 0: unperturbed): half an ulp on average, the size of one float32 rounding. Baseline and counterfactuals of one r share that start
+(paired), so a truth is a difference of two replays that saw the same noise;
+nothing removed gives exactly 0. The spread over r is the float32 chaos of
+the last epoch (a half-ulp at its start grows x2e5 by its end, README).
+
+Noise ceiling: Spearman over the subsets between the truths averaged over the
+even-numbered replays and over the odd-numbered ones (two disjoint halves).
+With K = 2 it is the agreement of two single replays. The truth averaged over
+all K replays is more reliable than either half; by Spearman-Brown its
+reliability is about 2c / (1 + c), and sqrt of that bounds the LDS a perfect
+estimator could reach against it (both reported, as approximations).
+
+Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
+every step (as Hara's per-step store); the counterfactual of S then starts at
+the stored theta^r[t] of the step of S's first member instead of at the start
+of the epoch. Truths are cached per (fraction, subset, replay), so a re-run
+recomputes nothing and a larger M or K computes only what is new.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from datasets import Data
+from models import cnn
+from . import figures, io
+from .graphs import GraphCache, evaluate, trainable_params
+from .metrics import pearson, spearman
+from .params import StepParamsReader, StepParamsWriter, checkpoint_path, load_checkpoint
+from .step_record import StepRecord, step_record_path
+from .train import SGD, init_model
+
+# ----------------------------------------------------------------- subsets
+def subset_size(n: int, fraction: float) -> int:
+    return max(1, int(round(fraction * n)))
+
+
+def subset(n: int, fraction: float, s: int, seed: int) -> np.ndarray:
+    """The s-th subset of a fraction, sorted; seeded by (seed, fraction, s) alone, so the
+    first M subsets are the same whatever the total number asked for."""
+    rng = np.random.default_rng([seed, 8, int(round(fraction * 1e6)), s])
+    return np.sort(rng.choice(n, subset_size(n, fraction), replace=False))
+
+
+def predictions(scores: np.ndarray, subsets: List[np.ndarray]) -> np.ndarray:
+    """g(S) = sum of the scores over each subset."""
+    return np.array([scores[s].sum() for s in subsets], np.float64)
+
+
+# --------------------------------------------------------------- replays
+def perturb(seed: int, r: int) -> None:
+    """Move each trainable parameter, with probability 1/2, one float32 ulp up or down
+    (seeded by (seed, r)): half an ulp on average. r = 0: no change."""
+    if r == 0:
+        return
+    rng = np.random.default_rng([seed, 9, r])
+    for v in trainable_params().values():
+        d = np.asarray(v.d, np.float32)
+        move = rng.random(d.shape) < 0.5
+        toward = np.where(rng.random(d.shape) < 0.5, np.float32(-np.inf), np.float32(np.inf))
+        v.d = np.where(move, np.nextafter(d, toward), d)
+
+
+class PairedReplays:
+    """Baseline and counterfactual replays of the last epoch from perturbed starts."""
+
+    def __init__(self, data: Data, run_dir: str, store_dir: str, batch_size: int, seed: int,
+                 net: Callable = cnn):
+        self.data, self.run_dir, self.store_dir, self.seed = data, run_dir, store_dir, seed
+        self.record = StepRecord.load(step_record_path(run_dir))
+        self.steps = self.record.steps_of_epoch(self.record.n_epochs - 1)
+        self.row = np.full(len(data.train), -1, np.int64)  # each instance's step position in the epoch
+        for k, t in enumerate(self.steps):
+            self.row[self.record.batch(t)[0]] = k
+        self.sgd = SGD(init_model(data, 0, batch_size, net), data)
+        self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
+
+    def store_path(self, r: int) -> str:
+        return os.path.join(self.store_dir, f"replay_{r}.f32")
+
+    def baseline_path(self, r: int) -> str:
+        return os.path.join(self.store_dir, f"replay_{r}.json")
+
+    def val_loss(self) -> float:
+        return evaluate(self.test_graphs, self.data.normalize, self.data.val)[0]
+
+    def baseline(self, r: int) -> float:
+        """Replay r with nothing removed, storing theta^r[t] of every step; L(theta^r[T]).
+        Cached: the JSON (written last) marks it done."""
+        path = self.baseline_path(r)
+        if os.path.exists(path):
+            return float(io.read_json(path)["val_loss"])
+        load_checkpoint(checkpoint_path(self.run_dir, self.record.n_epochs - 1))
+        perturb(self.seed, r)
+        writer = StepParamsWriter(self.store_path(r))
+        for t in self.steps:
+            writer.append()
+            self.sgd.replay(self.record, t)
+        writer.close()
+        loss = self.val_loss()
+        io.write_json(path, {"replay": r, "val_loss": loss})
+        return loss
+
+    def truth(self, removed: np.ndarray, r: int) -> float:
+        """L(theta^r_{-S}[T]) - L(theta^r[T]) for S = `removed` (baseline r must exist)."""
+        base = float(io.read_json(self.baseline_path(r))["val_loss"])
+        first = int(self.row[removed].min()) if len(removed) else 0
+        StepParamsReader(self.store_path(r)).load(first)  # theta^r[t] of S's first step: all before is equal
+        keep = np.ones(len(self.data.train), bool)
+        keep[removed] = False
+        for t in self.steps[first:]:
+            self.sgd.replay(self.record, t, keep)
+        return self.val_loss() - base
+
+
+# ------------------------------------------------------------ truth cache
+def truths_path(cache: str, fraction: float) -> str:
+    return os.path.join(cache, f"truths_p{fraction:g}.csv")
+
+
+def read_truths(path: str) -> Dict[tuple, float]:
+    """{(subset, replay): truth} of a truths file (missing file: empty)."""
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out[(int(row["subset"]), int(row["replay"]))] = float(row["truth"])
+    return out
+
+
+def write_truths(path: str, truths: Dict[tuple, float]) -> None:
+    lines = ["subset,replay,truth"] + [f"{s},{r},{v!r}" for (s, r), v in sorted(truths.items())]
+    io.write_text(path, "\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------ the units
+_REPLAYS: Dict[tuple, PairedReplays] = {}
+
+
+def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
+    """One PairedReplays per process (worker processes load the data themselves)."""
+    key = (args.output_dir, args.seed)
+    if key not in _REPLAYS:
+        if data is None:
+            from datasets import load_dataset
+            data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
+        _REPLAYS.clear()
+        _REPLAYS[key] = PairedReplays(data, io.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
+                                      args.batch_size, args.seed, net)
+    return _REPLAYS[key]
+
+
+def baseline_unit(args, r: int, data: Optional[Data] = None, net: Callable = cnn) -> float:
+    return _replays(args, data, net).baseline(r)
+
+
+def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Callable = cnn) -> float:
+    rep = _replays(args, data, net)
+    return rep.truth(subset(len(rep.data.train), fraction, s, args.seed), r)
+
+
+def cache_dir(out: str) -> str:
+    return os.path.join(out, "validation", "lds_cache")
+
+
+def run_units(units: List[tuple], args, data: Data, net: Callable, desc: str, on_result: Callable) -> None:
+    """fn(args, *rest) for every unit, in this process or in args.workers spawned processes
+    (which load the built-in dataset and network themselves); on_result(unit, value) in this one."""
+    from tqdm import tqdm
+    if not units:
+        return
+    if args.workers == 1 or len(units) == 1:
+        for u in tqdm(units, desc=desc, unit="replay", disable=not args.progress):
+            on_result(u, u[0](args, *u[1:], data=data, net=net))
+        return
+    from concurrent.futures import as_completed
+    from .experiment import set_context
+    with ProcessPoolExecutor(min(args.workers, len(units)), mp_context=mp.get_context("spawn"),
+                             initializer=set_context, initargs=(args.device_id,)) as pool:
+        futures = {pool.submit(u[0], args, *u[1:]): u for u in units}
+        try:
+            for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="replay",
+                          disable=not args.progress):
+                on_result(futures[f], f.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: int, k: int) -> Dict[float, np.ndarray]:
+    """{fraction: (M, K) array of truths}, computing only what the cache lacks."""
+    cache = cache_dir(args.output_dir)
+    base_units = [(baseline_unit, r) for r in range(k) if not os.path.exists(os.path.join(cache, f"replay_{r}.json"))]
+    run_units(base_units, args, data, net, "LDS baseline replays", lambda u, v: None)
+    done = {p: read_truths(truths_path(cache, p)) for p in fractions}
+    units = [(truth_unit, p, s, r) for p in fractions for s in range(m) for r in range(k) if (s, r) not in done[p]]
+
+    def keep(unit, value):
+        _, p, s, r = unit
+        done[p][(s, r)] = value
+        write_truths(truths_path(cache, p), done[p])
+
+    run_units(units, args, data, net, "LDS counterfactual replays", keep)
+    return {p: np.array([[done[p][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
+
+
+# -------------------------------------------------------------- metrics
+def noise_ceiling(truths: np.ndarray) -> float:
+    """Spearman between the means over the even- and the odd-numbered replays, truths (M, K >= 2)."""
+    return spearman(truths[:, 0::2].mean(axis=1), truths[:, 1::2].mean(axis=1))
+
+
+def bootstrap_ci(fn: Callable[[np.ndarray], float], m: int, seed: int, n_boot: int = 1000) -> List[float]:
+    """95% percentile interval of fn(indices) over resamples of the M subsets."""
+    rng = np.random.default_rng([seed, 10])
+    vals = [fn(rng.integers(0, m, m)) for _ in range(n_boot)]
+    vals = np.array([v for v in vals if np.isfinite(v)])
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else [None, None]
+
+
+def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float, n: int, seed: int) -> dict:
+    """The lds.json block of one fraction: LDS per method with a bootstrap interval, and the ceiling."""
+    m, k = truths.shape
+    mean = truths.mean(axis=1)
+    c = noise_ceiling(truths)
+    rel = 2 * c / (1 + c) if c > 0 else 0.0
+    block = {"fraction": fraction, "subset_size": subset_size(n, fraction), "subsets": m, "replays": k,
+             "noise_ceiling": c,
+             "noise_ceiling_ci95": bootstrap_ci(lambda i: noise_ceiling(truths[i]), m, seed),
+             "noise_ceiling_how": "Spearman over the subsets between the truth averaged over the even-numbered "
+                                  "replays and over the odd-numbered ones",
+             "reliability_all_replays": rel, "max_lds_all_replays": float(np.sqrt(rel)),
+             "truth_mean": float(mean.mean()), "truth_sd": float(mean.std()),
+             "replay_sd": float(truths.std(axis=1, ddof=1).mean()),
+             "methods": {}}
+    for name, g in preds.items():
+        if not np.all(np.isfinite(g)):
+            block["methods"][name] = {"lds": None}
+            continue
+        block["methods"][name] = {
+            "lds": spearman(g, mean),
+            "lds_ci95": bootstrap_ci(lambda i: spearman(g[i], mean[i]), m, seed),
+            "lds_single_replay": spearman(g, truths[:, 0]),
+            "pearson": pearson(g, mean),
+            "prediction_sd": float(g.std()),
+        }
+    return block
+
+
+def plot_lds(path: str, method: str, blocks: List[dict], truths: Dict[float, np.ndarray],
+             preds: Dict[float, np.ndarray]) -> None:
+    """Prediction vs truth per fraction for one method."""
+    plt = figures.pyplot()
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 4), squeeze=False)
+    for ax, b in zip(axes[0], blocks):
+        p = b["fraction"]
+        t, g = truths[p].mean(axis=1), preds[p]
+        ax.scatter(t, g, s=14, alpha=0.8)
+        s = b["methods"][method]
+        lds = "n/a" if s["lds"] is None else f"{s['lds']:.2f} [{s['lds_ci95'][0]:.2f}, {s['lds_ci95'][1]:.2f}]"
+        ax.set(xlabel=f"actual change of val loss ({b['replays']} replays)", ylabel=f"sum of {method} scores",
+               title=f"{p:g} removed: LDS {lds}\nceiling {b['noise_ceiling']:.2f}")
+        ax.axhline(0, c="0.7", lw=0.5)
+        ax.axvline(0, c="0.7", lw=0.5)
+    fig.suptitle(f"{method}: group removals, {blocks[0]['subsets']} subsets per fraction")
+    fig.tight_layout()
+    figures.save(fig, path)
