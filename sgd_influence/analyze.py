@@ -8,6 +8,8 @@ folder of the same data and settings) and writes, under DIR (default: the
 first OUT):
 
   summary/summary.csv        batch_size,method,n_removed,test_accuracy mean/std (ddof=1, 0 for one trial),n_trials
+  summary/paired_vs_random.csv  per method and n: accuracy minus Random's of the same trial, mean, std and
+                             95% t-interval over trials, and whether it excludes 0
   summary/table1_cache.csv   the paper's Table 1: cache of all epochs' parameters (theta x T x K),
   summary/table1_cache.md      Hara (theta x T) and Ours (theta), measured here and projected to paper scale
   summary/agreement.csv      per trial and pair of scoring methods: Spearman, Kendall tau-b, overlap of
@@ -217,6 +219,44 @@ def write_summary(path: str, rows: Sequence[Row]) -> None:
     lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials"]
     lines += [f"{'' if b is None else b},{m},{n},{mean:.6f},{std:.6f},{k}" for b, m, n, mean, std, k in rows]
     io.write_text(path, "\n".join(lines) + "\n")
+
+
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (a 95% interval), 1..30; normal beyond.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
+    """Per method and n > 0: the test accuracy minus the control's of the same trial, its mean,
+    sample standard deviation and 95% t-interval over trials (none with one trial); `distinguishable`
+    when the interval excludes 0."""
+    rows = []
+    for method in sorted(scores, key=method_key):
+        if method == control or control not in scores:
+            continue
+        for n in sorted(scores[method]):
+            seeds = sorted(set(scores[method][n]) & set(scores[control].get(n, {})))
+            if n == 0 or not seeds:
+                continue
+            d = np.array([scores[method][n][s] - scores[control][n][s] for s in seeds])
+            row = {"method": method, "control": control, "n_removed": n, "n_trials": len(d),
+                   "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None,
+                   "ci95_high": None, "distinguishable": None}
+            if len(d) > 1:
+                sd = float(d.std(ddof=1))
+                half = (T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96) * sd / math.sqrt(len(d))
+                row.update(difference_std=sd, ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half),
+                           distinguishable=bool(d.mean() - half > 0 or d.mean() + half < 0))
+            rows.append(row)
+    return rows
+
+
+def write_paired(path: str, rows: Sequence[dict]) -> None:
+    cols = ["method", "control", "n_removed", "n_trials", "difference_mean", "difference_std", "ci95_low",
+            "ci95_high", "distinguishable"]
+    fmt = lambda v: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else str(v))  # noqa: E731
+    io.write_text(path, "\n".join([",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]) + "\n")
 
 
 # --------------------------------------------------------------------- agreement
@@ -587,6 +627,10 @@ def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
     plot_result(prow, base, os.path.join(out, "fig", "result.png"), False, title)
     plot_result(prow, base, os.path.join(out, "fig", "result_errorbars.png"), True, title)
     written = ["summary/summary.csv", "fig/result.png", "fig/result_errorbars.png"]
+    paired = paired_differences(inp.scores[inp.primary])
+    if paired:
+        write_paired(os.path.join(out, "summary", "paired_vs_random.csv"), paired)
+        written.append("summary/paired_vs_random.csv")
     sizes = [bs for bs in order if bs is not None and inp.scores[bs]]
     if len(sizes) > 1:
         panels = {bs: ([r for r in rows if r.batch_size == bs], no_removal(inp.scores[bs])) for bs in sizes}

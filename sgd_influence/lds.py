@@ -219,7 +219,8 @@ def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: i
     base_units = [(baseline_unit, r) for r in range(k) if not os.path.exists(os.path.join(cache, f"replay_{r}.json"))]
     run_units(base_units, args, data, net, "LDS baseline replays", lambda u, v: None)
     done = {p: read_truths(truths_path(cache, p)) for p in fractions}
-    units = [(truth_unit, p, s, r) for p in fractions for s in range(m) for r in range(k) if (s, r) not in done[p]]
+    # Subset-major: an interrupted run leaves about as many subsets done at every fraction.
+    units = [(truth_unit, p, s, r) for s in range(m) for p in fractions for r in range(k) if (s, r) not in done[p]]
 
     def keep(unit, value):
         _, p, s, r = unit

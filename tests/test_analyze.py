@@ -268,3 +268,20 @@ def test_empty_folder_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no score or influence files")
     assert A.main([str(tmp_path / "missing")]) == 2
+
+
+def test_paired_differences_against_hand_computed_interval():
+    from sgd_influence.analyze import paired_differences
+    scores = {"Hara": {0: {0: .8, 1: .8, 2: .8}, 10: {0: .83, 1: .84, 2: .85}, 30: {0: .80, 1: .82}},
+              "Random": {0: {0: .8, 1: .8, 2: .8}, 10: {0: .80, 1: .80, 2: .80}, 30: {0: .81, 1: .80}}}
+    rows = {r["n_removed"]: r for r in paired_differences(scores)}
+    assert set(rows) == {10, 30}  # n = 0 is the shared baseline
+    r = rows[10]  # differences .03 .04 .05: mean .04, sd .01, half-width t(2) .01 / sqrt 3
+    assert r["n_trials"] == 3 and r["difference_mean"] == pytest.approx(0.04)
+    assert r["difference_std"] == pytest.approx(0.01)
+    assert r["ci95_low"] == pytest.approx(0.04 - 4.303 * 0.01 / np.sqrt(3))
+    assert r["distinguishable"] is True
+    r = rows[30]  # differences -.01 and .02: t(1) = 12.706 makes the interval cover 0
+    assert r["difference_mean"] == pytest.approx(0.005) and r["distinguishable"] is False
+    one = paired_differences({"Ours": {10: {0: .9}}, "Random": {10: {0: .8}}})
+    assert one[0]["ci95_low"] is None and one[0]["distinguishable"] is None
