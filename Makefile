@@ -22,7 +22,7 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 --workers $(WORKERS)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: venv data demo demo-trials lds test test-all clean-demo paper paper-batch-size check-paper-dataset
+.PHONY: gpu-check venv data demo demo-trials lds test test-all clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
@@ -40,6 +40,10 @@ demo-trials: demo
 
 lds: venv data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ARGS)
+
+# On a machine with an NVIDIA GPU: the cudnn checks and figures (tools/gpu_check.sh); else a one-line skip.
+gpu-check: venv data
+	@bash tools/gpu_check.sh
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sgd_influence.experiment import _HelpFormatter, build_parser, set_context  # noqa: E402
+from sgd_influence.experiment import _HelpFormatter, build_parser, device, set_context  # noqa: E402
 
 _DRIVER = build_parser("", "", ())
 IF_DEFAULTS = {k: _DRIVER.get_default(f"if_{k}") for k in ("alpha", "lr", "momentum")}  # the drivers' solver
@@ -273,7 +273,7 @@ def parse(argv=None):
     p.add_argument("-ds", "--dataset", default="fashion_mnist", help="dataset (as in the drivers)")
     p.add_argument("--n-train", type=int, default=None, help="training instances (default 1920; quick 768)")
     p.add_argument("-bs", "--batch-size", type=int, default=64, help="SGD mini-batch size")
-    p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
+    p.add_argument("-di", "--device-id", type=device, default="0", help="GPU id when nnabla-ext-cuda is installed, or cpu")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2; quick 1)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     p.add_argument("--n-val", type=int, default=128, help="validation instances (u; not timed)")

@@ -77,7 +77,8 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("-r", "--remove_n_list", type=nonneg_int, nargs="+", default=DEFAULT_REMOVE,
                    help="numbers of most negative instances to remove (sizes >= the training set are skipped)")
     p.add_argument("-ds", "--dataset", choices=DATASETS, default="cifar10", help="dataset")
-    p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed (CPU otherwise)")
+    p.add_argument("-di", "--device-id", type=device, default="0",
+                   help="GPU id when nnabla-ext-cuda is installed, or cpu (CPU always without the extension)")
     p.add_argument("-ra", "--retrain_all", action="store_true",
                    help="retrain every epoch from the initial parameters instead of only the last epoch")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=64, help="SGD mini-batch size")
@@ -122,15 +123,48 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
 
 
 # ------------------------------------------------------------------ process setup
-def set_context(device_id: str) -> str:
-    """cudnn when nnabla-ext-cuda is installed, else CPU (as the published code)."""
+def device(text: str) -> str:
+    """-di: a GPU id (0, 1, ...) or `cpu`."""
+    if text.lower() == "cpu" or text.isdigit():
+        return text.lower()
+    raise argparse.ArgumentTypeError(f"must be a GPU id (0, 1, ...) or cpu, got {text}")
+
+
+def cuda_installed() -> bool:
     import importlib.util
+    return importlib.util.find_spec("nnabla_ext.cuda") is not None
+
+
+# Set before the CUDA context exists (both are read once, when it is created):
+# deterministic cuDNN algorithms, and no TF32 -- on Ampere/Hopper cuDNN may round float32
+# convolution operands to TF32 (about 4.9e-4 relative), coarser than the fd retrace's step
+# (3e-4 of |theta|), which would make its central differences noise.
+GPU_ENVIRONMENT = {"NNABLA_CUDNN_DETERMINISTIC": "1", "NVIDIA_TF32_OVERRIDE": "0"}
+
+
+def set_context(device_id: str) -> str:
+    """cudnn on GPU `device_id` when nnabla-ext-cuda is installed and `device_id` is not
+    "cpu"; else the CPU (as the published code). A GPU that cannot be used is one clear error."""
     import nnabla as nn
     from nnabla.ext_utils import get_extension_context
-    os.environ.setdefault("NNABLA_CUDNN_DETERMINISTIC", "1")
-    name = "cudnn" if importlib.util.find_spec("nnabla_ext.cuda") else "cpu"
-    nn.set_default_context(get_extension_context(name, device_id=str(device_id)))
-    return name
+    device_id = str(device_id)
+    if device_id == "cpu" or not cuda_installed():
+        nn.set_default_context(get_extension_context("cpu"))
+        return "cpu"
+    for k, v in GPU_ENVIRONMENT.items():
+        os.environ.setdefault(k, v)
+    try:
+        nn.set_default_context(get_extension_context("cudnn", device_id=device_id))
+        probe = nn.Variable.from_numpy_array(np.ones(2, np.float32))
+        import nnabla.functions as F
+        out = F.add_scalar(probe, 1.0)
+        out.forward()
+        float(out.d[0])
+    except Exception as e:  # the extension's errors have no common type
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"GPU {device_id} cannot be used ({why}); run on the CPU with -di cpu, "
+                        f"or give a GPU id that exists (nvidia-smi -L lists them)") from None
+    return "cudnn"
 
 
 @functools.lru_cache(maxsize=2)
@@ -321,6 +355,7 @@ def write_run_json(args, context: str) -> None:
     import nnabla
     settings = {k: v for k, v in vars(args).items() if k != "overwrite"}
     info = {"command": " ".join(sys.argv), "settings": settings, "context": context,
+            **({"gpu_environment": {k: os.environ.get(k) for k in GPU_ENVIRONMENT}} if context == "cudnn" else {}),
             "code_version": code_version(), "python": platform.python_version(),
             "nnabla": nnabla.__version__, "numpy": np.__version__}
     io.write_json(os.path.join(args.output_dir, "run.json"), info)

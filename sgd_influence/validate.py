@@ -510,7 +510,8 @@ def check_args(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiment import _HelpFormatter, build_parser as driver_parser, nonneg_int, positive_float, positive_int
+    from .experiment import (_HelpFormatter, build_parser as driver_parser, device, nonneg_int, positive_float,
+                             positive_int)
     driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
     p = argparse.ArgumentParser(description="Score each estimator (Hara, Ours, Influence_functions and the "
                                             "published code's two variants) against actual counterfactual "
@@ -536,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
     p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
                    help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
-    p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
+    p.add_argument("-di", "--device-id", type=device, default="0",
+                   help="GPU id when nnabla-ext-cuda is installed, or cpu")
     p.add_argument("--overwrite", action="store_true",
                    help="redo the validation, or with --lds the LDS (the training is kept)")
     g = p.add_argument_group("LDS: group removals against the sum of the scores, with a noise ceiling "
