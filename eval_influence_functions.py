@@ -8,6 +8,9 @@ See README.md for the options, the output layout and the method.
 """
 import sys
 
+from sgd_influence.environment import ensure_project_python
+
+ensure_project_python()  # re-executes under <repo>/.venv when this Python lacks nnabla
 from sgd_influence.experiment import main
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ Writes OUT/validation/validation.csv, validation.json and scatter_<Method>.png; 
 """
 import sys
 
+from sgd_influence.environment import ensure_project_python
+
+ensure_project_python()  # re-executes under <repo>/.venv when this Python lacks nnabla
 from sgd_influence.validate import main
 
 if __name__ == "__main__":

@@ -167,7 +167,13 @@ def _load_idx_dataset(name: str, data_dir: str) -> tuple:
     for a, path in zip(archives, paths):
         if path and path.endswith(".gz"):
             verify(path, a)
-    fetched = iter(download([a for a, p in zip(archives, paths) if p is None], dirs[0]))
+    try:
+        fetched = iter(download([a for a, p in zip(archives, paths) if p is None], dirs[0]))
+    except UserError as e:
+        if name != "fashion_mnist":
+            raise
+        raise UserError(f"{e}; offline, `make data` in the repository unpacks Debian's dataset-fashion-mnist "
+                        f"package into data/fashion-mnist") from None
     tx, ty, sx, sy = [read_idx(p or next(fetched)) for p in paths]
     for x, y, part in ((tx, ty, "train"), (sx, sy, "t10k")):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
