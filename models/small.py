@@ -5,9 +5,10 @@
 
 Both are `net(x, n_out, hidden)`: affine layers named layer0, layer1, ... in the
 current parameter scope, weights W of shape (d_in, d_out) and biases b (d_out,).
-With `replicas=R` every parameter gets a leading axis of R and x is (R, B, d):
-R independent copies of the model evaluated in one graph (the leave-one-out
-counterfactuals of `sgd_influence.hara71` train side by side this way).
+With `replicas=R` every parameter gets a leading axis of R and x is (R, B, d), or
+(B, d) when every copy sees the same input: R independent copies of the model
+evaluated in one graph (the leave-one-out counterfactuals of `sgd_influence.hara71`
+train side by side this way; a shared input makes the first layer one matrix product).
 
 Initialisation as PyTorch's nn.Linear (the published code): W and b uniform in
 +-1/sqrt(d_in); `init_values` draws them from a seeded RandomState.
@@ -47,7 +48,7 @@ def init_values(d_in: int, n_out: int, hidden: Sequence[int], seed: int) -> List
 
 
 def net(x: nn.Variable, n_out: int = 1, hidden: Sequence[int] = HIDDEN, replicas: int | None = None) -> nn.Variable:
-    """Logits: (B, n_out), or (R, B, n_out) with `replicas=R` and x of shape (R, B, d)."""
+    """Logits: (B, n_out), or (R, B, n_out) with `replicas=R` and x of shape (R, B, d) or (B, d)."""
     h = x
     sizes = layer_sizes(x.shape[-1], n_out, hidden)
     for k, (a, b) in enumerate(sizes):
@@ -60,7 +61,12 @@ def net(x: nn.Variable, n_out: int = 1, hidden: Sequence[int] = HIDDEN, replicas
             h = F.affine(h, w, bias)
         else:
             bias = nn.parameter.get_parameter_or_create(f"layer{k}/b", (replicas, 1, b), init, True)
-            h = F.batch_matmul(h, w) + bias
+            if h.ndim == 2:  # input shared by the copies: (B, a) @ (a, R b) -> (R, B, b)
+                wide = F.reshape(F.transpose(w, (1, 0, 2)), (a, replicas * b))
+                h = F.transpose(F.reshape(F.affine(h, wide), (h.shape[0], replicas, b)), (1, 0, 2))
+            else:
+                h = F.batch_matmul(h, w)
+            h = h + bias
         if k < len(sizes) - 1:
             h = F.relu(h)
     return h
