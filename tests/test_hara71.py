@@ -128,6 +128,18 @@ def test_all_epoch_retrace_equals_leave_one_out_logreg_small_lr():
     assert np.median(res["Hara"] / res["truth_float64"]) == pytest.approx(1.0, abs=0.05)  # same scale and sign
 
 
+@pytest.mark.parametrize("hidden", [(), (8, 8)])
+def test_copies_are_bit_identical_until_the_left_out_batch(hidden):
+    """The n + 1 copies of the truth compute alike: with nobody left out they all equal copy 0
+    bit for bit, so a copy differs from the baseline only through its left-out instance."""
+    d = synthetic(n=20, dim=6)
+    batches, etas = h.schedule(20, 5, 2, 0.1, "none")
+    init = init_values(6, 1, hidden, 0)
+    _, finals = h.ReplicaTrainer(6, hidden, 21, 0.01).train(
+        init, d["x_tr"], d["y_tr"], batches, etas, lambda t, idx: np.ones((21, len(idx)), np.float32))
+    assert all(np.array_equal(f[0], f[k]) for f in finals for k in range(1, 21))
+
+
 def test_retrace_is_the_exact_derivative_of_removal_mlp():
     """Removing a weight eps of j (float64 oracle, eps -> 0): <u, dtheta[T]>/eps equals the
     Hara retrace; the MLP's lower scores at full removal are the nonlinearity of training."""
