@@ -27,9 +27,10 @@ experiment/Sec71; README "Hara et al. Sec. 7.1"):
 - estimates (score = predicted change of the validation loss if j is removed):
   Hara = SGD-influence retraced over ALL steps with every step's stored theta[t];
   Ours = the same retrace at theta[T] only; Influence_functions = <g_j, v>/n with
-  v = (H + damping I)^-1 u solved exactly (explicit Hessian of the mean training data
-  loss at theta[T] by double backward, numpy float64 solve; damping = alpha for logreg, 1.0 for
-  the DNN, as published); Influence_functions_sgd_solver = the published solver for v
+  v = (H + damping I)^-1 u solved exactly (H: Hessian of the mean training data loss at
+  theta[T]; explicit by double backward and a float64 solve for logreg, conjugate gradient on
+  Hessian-vector products for the MLP; damping = alpha for logreg, 1.0 for the DNN, as
+  published); Influence_functions_sgd_solver = the published solver for v
   (v0 = u, heavy ball lr 0.01, momentum 0.9, 100 epochs of batches of 200).
 - metrics: Kendall tau-b over all n, Jaccard of the 10 most negative + 10 most positive;
   mean and std (numpy's, ddof 0, as the published notebook) over the trials.
