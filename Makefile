@@ -18,7 +18,7 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 --workers $(WORKERS)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: venv data demo test test-all clean-demo paper paper-batch-size check-paper-dataset hara71
+.PHONY: venv data demo test test-all clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
@@ -43,6 +43,7 @@ clean-demo:
 # Re-running recomputes nothing; more trials add only the new seeds.
 HARA71_OUT ?= output_hara71
 HARA71_TRIALS ?= 30
+.PHONY: hara71
 hara71: venv data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py --protocol hara71 --model logreg --trials $(HARA71_TRIALS) -o $(HARA71_OUT)/logreg
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py --protocol hara71 --model mlp --trials $(HARA71_TRIALS) -o $(HARA71_OUT)/mlp

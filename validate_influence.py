@@ -1,13 +1,12 @@
 """Validate every influence estimator against actual counterfactual retraining.
 
     python validate_influence.py -o OUT -ds fashion_mnist --n-train 1000 --n-val 500 -e 3 --n-check 100
-    python validate_influence.py --protocol hara71 --model logreg -o OUT --trials 30
 
-Writes OUT/validation/validation.csv, validation.json and scatter_<Method>.png; with
---protocol hara71 (Hara et al. Sec. 7.1, sgd_influence/hara71.py) OUT/validation/hara71.json.
-See README.md.
+Writes OUT/validation/validation.csv, validation.json and scatter_<Method>.png; see README.md.
 """
 import sys
+
+from sgd_influence.validate import main
 
 
 def protocol(argv):
@@ -20,13 +19,12 @@ def protocol(argv):
     return None
 
 
+# --protocol hara71: Hara et al. Sec. 7.1 (sgd_influence/hara71.py), OUT/validation/hara71.json.
 if __name__ == "__main__":
     argv, name = sys.argv[1:], protocol(sys.argv[1:])
-    if name is None:
-        from sgd_influence.validate import main
-    elif name == "hara71":
+    if name == "hara71":
         from sgd_influence.hara71 import main
-    else:
+    elif name is not None:
         print(f"error: --protocol takes hara71 (Hara et al. Sec. 7.1), got {name!r}; "
               f"omit it for the default validation", file=sys.stderr)
         sys.exit(2)
