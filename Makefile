@@ -54,6 +54,16 @@ test-all: venv
 clean-demo:
 	rm -rf $(DEMO_OUT)
 
+# Hara et al. Sec. 7.1 (README "Hara et al. Sec. 7.1"): both models at the published settings,
+# MNIST 1 vs 7 when data/mnist holds the MNIST files, else Fashion-MNIST Trouser vs Dress.
+# Re-running recomputes nothing; more trials add only the new seeds.
+HARA71_OUT ?= output_hara71
+HARA71_TRIALS ?= 30
+.PHONY: hara71
+hara71: venv data
+	PYTHONUNBUFFERED=1 $(PY) validate_influence.py --protocol hara71 --model logreg --trials $(HARA71_TRIALS) -o $(HARA71_OUT)/logreg
+	PYTHONUNBUFFERED=1 $(PY) validate_influence.py --protocol hara71 --model mlp --trials $(HARA71_TRIALS) -o $(HARA71_OUT)/mlp
+
 check-paper-dataset:
 	@case "$(DATASET)" in mnist|cifar10) ;; *) echo "error: make paper needs DATASET=mnist or DATASET=cifar10, got '$(DATASET)'" >&2; exit 2;; esac
 

@@ -11,5 +11,24 @@ from sgd_influence.environment import ensure_project_python
 ensure_project_python()  # re-executes under <repo>/.venv when this Python lacks nnabla
 from sgd_influence.validate import main
 
+
+def protocol(argv):
+    """The value of --protocol in argv ('' when it lacks one), None when absent."""
+    for k, a in enumerate(argv):
+        if a == "--protocol":
+            return argv[k + 1] if k + 1 < len(argv) else ""
+        if a.startswith("--protocol="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# --protocol hara71: Hara et al. Sec. 7.1 (sgd_influence/hara71.py), OUT/validation/hara71.json.
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    argv, name = sys.argv[1:], protocol(sys.argv[1:])
+    if name == "hara71":
+        from sgd_influence.hara71 import main
+    elif name is not None:
+        print(f"error: --protocol takes hara71 (Hara et al. Sec. 7.1), got {name!r}; "
+              f"omit it for the default validation", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(argv))

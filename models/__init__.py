@@ -1,3 +1,4 @@
 from .cnn import cnn, Ops, WIDTHS
+from .small import logreg, mlp
 
-__all__ = ["cnn", "Ops", "WIDTHS"]
+__all__ = ["cnn", "Ops", "WIDTHS", "logreg", "mlp"]
