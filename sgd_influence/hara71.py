@@ -57,7 +57,7 @@ from datasets import default_data_dir
 from models.small import init_values, net
 from . import io
 from .errors import UserError
-from .experiment import _HelpFormatter, positive_float, positive_int, set_context
+from .experiment import _HelpFormatter, device, positive_float, positive_int, set_context
 from .metrics import kendall_tau_b
 
 # Published settings (experiment/Sec71/train.py, MNIST): "mlp" is the paper's "DNN".
@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mlp only: L2 strength alpha (published: 0.001)")
     p.add_argument("--if-damping", type=positive_float, default=None,
                    help="influence functions: damping added to the Hessian (published: logreg alpha, mlp 1.0)")
-    p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed (CPU otherwise)")
+    p.add_argument("-di", "--device-id", type=device, default="0",
+                   help="GPU id when nnabla-ext-cuda is installed, or cpu (CPU always without the extension)")
     p.add_argument("--overwrite", action="store_true", help="delete this protocol's cached trials and start afresh")
     return p
 

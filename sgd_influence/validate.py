@@ -513,9 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment import (_HelpFormatter, build_parser as driver_parser, device, nonneg_int, positive_float,
                              positive_int)
     driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
-    p = argparse.ArgumentParser(description="Score each estimator (Hara, Ours, Influence_functions and the "
-                                            "published code's two variants) against actual counterfactual "
-                                            "retraining of the last epoch.", formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser(description="Score each estimator against actual retraining of the last epoch: "
+                                            "single-instance leave-one-out (default) or group removals (--lds). "
+                                            "Hara et al.'s Sec. 7.1 check on small models: --protocol hara71 "
+                                            "(see validate_influence.py --protocol hara71 --help).",
+                                formatter_class=_HelpFormatter)
     p.add_argument("-o", "--output_dir", default="output_validation",
                    help="output folder; a training there with the same settings is reused; results in OUT/validation")
     p.add_argument("-ds", "--dataset", choices=[d for d in DATASETS if d != "csv"], default="fashion_mnist",
