@@ -14,6 +14,7 @@
 #                     pip), classic one-line /etc/apt/sources.list (debootstrap)
 #   ubuntu2204        Ubuntu 22.04 minbase + make git ca-certificates python3
 #                     (python3.10, no venv/pip), sources like the ubuntu:22.04 image
+#   ubuntu2204-nopython  the same without python3 (like the ubuntu:22.04 image)
 #   pyenv             Debian 12 + python3 + this machine's pyenv with its newest
 #                     3.10/3.9/3.8 (global "system", so the python3.X shims fail)
 #   this-machine      a fresh clone on this machine itself, its own environment
@@ -27,7 +28,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ROOTS=/work/fresh-roots
 KEEP=0
-ALL=(debian12-deb822 debian12-classic ubuntu2204 pyenv this-machine)
+ALL=(debian12-deb822 debian12-classic ubuntu2204 ubuntu2204-nopython pyenv this-machine)
 UBUNTU_MIRROR="${UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}"
 UBUNTU_SECURITY="${UBUNTU_SECURITY:-http://security.ubuntu.com/ubuntu}"
 # ubuntu-keyring from the Ubuntu archive itself, pinned by hash (Debian 12 does not package it).
@@ -82,6 +83,10 @@ mount_root() {
   mount -t proc proc "$r/proc" || die "cannot mount proc on $r/proc"; MOUNTED+=("$r/proc")
   mount -t sysfs sysfs "$r/sys" || die "cannot mount sysfs on $r/sys"; MOUNTED+=("$r/sys")
   mount --bind /dev "$r/dev" || die "cannot bind-mount /dev on $r/dev"; MOUNTED+=("$r/dev")
+  # private: the mounts below must not propagate to this machine's /dev
+  mount --make-private "$r/dev" || die "cannot make $r/dev a private mount"
+  mount --bind /dev/pts "$r/dev/pts" || die "cannot bind-mount /dev/pts on $r/dev/pts"
+  MOUNTED+=("$r/dev/pts")
   mkdir -p "$r/dev/shm"
   mount -t tmpfs shm "$r/dev/shm" || die "cannot mount tmpfs on $r/dev/shm"; MOUNTED+=("$r/dev/shm")   # multiprocessing needs it
 }
@@ -104,7 +109,8 @@ copy_network() {
     mkdir -p "$r/usr/local/share/ca-certificates"; cp "$f" "$r/usr/local/share/ca-certificates/"; n=$((n + 1))
   done
   if [[ $n -gt 0 ]]; then
-    chroot "$r" update-ca-certificates >/dev/null || die "update-ca-certificates failed in $r"
+    chroot "$r" update-ca-certificates >"$r/tmp/update-ca-certificates.log" 2>&1 \
+      || die "update-ca-certificates failed in $r; see $r/tmp/update-ca-certificates.log"
     PIP_CERT_IN=/etc/ssl/certs/ca-certificates.crt   # pip trusts its own bundle unless told
   else
     PIP_CERT_IN=""
@@ -118,7 +124,7 @@ build_root() {   # scenario root -> debootstrap + sources + network; SKIPPED=1 i
     debian12-classic) suite=bookworm; mirror="$DEBIAN_MIRROR"; inc+=,python3 ;;
     pyenv) suite=bookworm; mirror="$DEBIAN_MIRROR"
            inc+=,python3,libssl3,libffi8,libsqlite3-0,libbz2-1.0,liblzma5,zlib1g,libreadline8,libncursesw6,libexpat1,libtirpc3,libgdbm6,libuuid1 ;;
-    ubuntu2204) suite=jammy; mirror="$UBUNTU_MIRROR"; inc+=,python3
+    ubuntu2204*) suite=jammy; mirror="$UBUNTU_MIRROR"; [[ "$s" == ubuntu2204 ]] && inc+=,python3
       local kr=/usr/share/keyrings/ubuntu-archive-keyring.gpg
       if [[ ! -f "$kr" ]]; then
         kr="$ROOTS/cache/ubuntu-keyring/usr/share/keyrings/ubuntu-archive-keyring.gpg"
@@ -144,7 +150,7 @@ build_root() {   # scenario root -> debootstrap + sources + network; SKIPPED=1 i
         "$DEBIAN_MIRROR" "$DEBIAN_MIRROR" >"$r/etc/apt/sources.list.d/debian.sources"
       rm -rf "$r"/var/lib/apt/lists/*   # a container image ships no package lists
       ;;
-    ubuntu2204)
+    ubuntu2204*)
       printf 'deb %s jammy main restricted universe multiverse\ndeb %s jammy-updates main restricted universe multiverse\ndeb %s jammy-security main restricted universe multiverse\n' \
         "$UBUNTU_MIRROR" "$UBUNTU_MIRROR" "$UBUNTU_SECURITY" >"$r/etc/apt/sources.list"
       rm -rf "$r"/var/lib/apt/lists/*
