@@ -18,7 +18,7 @@
 #   pyenv             Debian 12 + python3 + this machine's pyenv with its newest
 #                     3.10/3.9/3.8 (global "system", so the python3.X shims fail)
 #   this-machine      a fresh clone on this machine itself, its own environment
-# Machines are built in --roots (default /work/fresh-roots; .debs cached in
+# Machines are built in --roots (default $FRESH_ROOTS or /var/tmp/fresh-roots; .debs cached in
 # DIR/cache) and removed afterwards unless --keep. This machine's network
 # settings are copied in (resolv.conf, local CA certificates, apt Acquire::
 # settings, pip's certificate), nothing else. Results: DIR/results.md (a table)
@@ -26,7 +26,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ROOTS=/work/fresh-roots
+ROOTS="${FRESH_ROOTS:-/var/tmp/fresh-roots}"
 KEEP=0
 ALL=(debian12-deb822 debian12-classic ubuntu2204 ubuntu2204-nopython pyenv this-machine)
 UBUNTU_MIRROR="${UBUNTU_MIRROR:-http://archive.ubuntu.com/ubuntu}"
