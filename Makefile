@@ -22,7 +22,7 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 --workers $(WORKERS)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: gpu-check venv data demo demo-trials lds test test-all clean-demo paper paper-batch-size check-paper-dataset
+.PHONY: gpu-check venv data demo demo-trials lds test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
@@ -50,6 +50,12 @@ test: venv
 
 test-all: venv
 	$(PY) -m pytest -q tests
+
+# Slow, root only: `make test` from nothing on freshly debootstrapped Debian 12 / Ubuntu 22.04
+# machines, a pyenv machine and this one (README "Two commands"). FRESH=... picks scenarios.
+FRESH ?=
+check-fresh:
+	bash tools/check_fresh_machines.sh $(FRESH)
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
