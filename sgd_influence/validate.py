@@ -62,7 +62,7 @@ METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
 # Settings that determine the training; a training in -o is reused only when they match.
 TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment")
 # Settings of the validation itself (its cache is reused only when they match).
-VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "if_alpha", "if_lr", "if_momentum", "if_epochs",
+VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
 
 
@@ -80,7 +80,7 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     spec = ESTIMATORS[name]
     if spec is not None:
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
-                       **spec)
+                       bn_coupling=args.bn_coupling == "on", **spec)
     from influence_functions.infl import influence_functions
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
     scores, _, _ = influence_functions(data, val_gradient(data, net=net), alpha=args.if_alpha, lr=args.if_lr,
@@ -335,10 +335,12 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
     metrics = all_metrics(table, picks, methods)
     vdir = validation_dir(args.output_dir)
     write_table(os.path.join(vdir, "validation.csv"), data, idx, list(picks), steps, table, methods)
+    by_steps = error_by_steps_remaining(table, steps, n_steps, methods)
+    final = next((r for r in by_steps if r["steps_remaining"] == "1"), {"n": 0})  # j's batch is the last step
     summary = {"settings": settings_of(args), "n_checked": int(len(idx)),
                "picks": {p: int((picks == p).sum()) for p in ("ours_low", "ours_high", "random")},
-               "steps_in_last_epoch": n_steps, "metrics": metrics,
-               "by_steps_remaining": error_by_steps_remaining(table, steps, n_steps, methods), "errors": errors,
+               "steps_in_last_epoch": n_steps, "metrics": metrics, "by_steps_remaining": by_steps,
+               "final_step": {k: v for k, v in final.items() if k != "steps_remaining"}, "errors": errors,
                "seconds_this_run": {k: round(v, 1) for k, v in seconds.items()}}
     io.write_json(os.path.join(vdir, "validation.json"), summary)
     for m in methods:
@@ -388,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
     p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
                    help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
+    p.add_argument("--bn-coupling", choices=driver_choices(driver, "bn_coupling"),
+                   default=driver.get_default("bn_coupling"),
+                   help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
     p.add_argument("-di", "--device-id", default="0", help="GPU id when nnabla-ext-cuda is installed")
     p.add_argument("--overwrite", action="store_true", help="redo the validation (the training is kept)")
     g = p.add_argument_group("influence functions (defaults: the drivers')")
