@@ -34,16 +34,17 @@ class LossGraph:
     batch norm weights its statistics by w too (`batch_norm.WeightedBatchNormOps`), so that
     w_j = 0 is the removal of j from the batch and dloss/dw_j includes the change of the
     statistics; for the retrace graphs only (training keeps nnabla's fused batch norm).
+    `double_backward`: the weighted batch norm must support differentiating twice.
     """
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int, test: bool,
                  w_need_grad: bool = False, net: Callable = cnn, ops: Optional[Ops] = None,
-                 bn_coupling: bool = False):
+                 bn_coupling: bool = False, double_backward: bool = False):
         self.x = nn.Variable((batch_size,) + tuple(image_shape))
         self.y = nn.Variable((batch_size, 1))
         self.w = nn.Variable((batch_size,), need_grad=w_need_grad)
         if bn_coupling and not test:
-            ops = WeightedBatchNormOps(self.w, ops)
+            ops = WeightedBatchNormOps(self.w, ops, double_backward)
         self.logits = net(self.x, n_classes, test=test, **({} if ops is None else {"ops": ops}))
         self.per_sample = F.reshape(F.softmax_cross_entropy(self.logits, self.y), (batch_size,))
         self.loss = F.sum(self.per_sample * self.w)
@@ -87,7 +88,7 @@ class RetraceGraph:
                  params: List[nn.Variable], net: Callable = cnn, test: bool = False,
                  bn_coupling: bool = False):
         self.graph = LossGraph(batch_size, image_shape, n_classes, test=test, w_need_grad=True, net=net,
-                               bn_coupling=bn_coupling)
+                               bn_coupling=bn_coupling, double_backward=True)
         self.params = params
         grads = nn.grad([self.graph.loss], params)
         self.u = [nn.Variable(p.shape) for p in params]
