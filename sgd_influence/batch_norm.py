@@ -72,9 +72,9 @@ class WeightedBatchNormOps(Ops):
 
     ReLU and max-pool are delegated to `base` (plain, or the fd retrace's branch
     recorder/replayer), and so is batch norm in test mode. `double_backward=False` selects
-    the faster form that supports one backward only (`weighted_batch_norm`). The layer uses the trained
-    beta and gamma of PF.batch_normalization(name=`name`), i.e. `<name>/bn/beta` and
-    `<name>/bn/gamma` (created as PF would if absent).
+    the faster form that supports one backward only (`weighted_batch_norm`). The layer
+    uses the trained beta and gamma of PF.batch_normalization(name=`name`), i.e.
+    `<name>/bn/beta` and `<name>/bn/gamma` (created as PF would if absent).
     """
 
     def __init__(self, w: nn.Variable, base: Optional[Ops] = None, double_backward: bool = True):

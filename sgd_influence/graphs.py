@@ -188,13 +188,14 @@ class FDRetraceGraph:
         <u, g_i> = (l_i(theta + eps u) - l_i(theta - eps u)) / (2 eps) + O(eps^2)
     with G the gradient of the batch mean loss and l_i the per-sample losses of the
     same passes: one forward and two training steps' worth of work, against about
-    five for `RetraceGraph`. With `bn_coupling` the pinned graph's batch norm weights its
-    statistics by w (batch_norm.py) and the backward also runs to w, whose gradient
+    five for `RetraceGraph`. With `bn_coupling` the pinned graph's batch norm weights
+    its statistics by w (batch_norm.py) and the backward also runs to w, whose gradient
     dL/dw_i = l_i + (the change of the others' losses through the statistics) replaces
-    l_i above: its central difference is dQ/dw_i, `RetraceGraph`'s coupled quantity. Pinning is what makes this work: a unit that switches
-    branch between the two points adds an O(1/eps) jump to the quotient, and a
-    fraction O(eps) of units do, so the error does not shrink with eps (unpinned,
-    H u was off by 65-1500% on the six-conv net).
+    l_i above: its central difference is dQ/dw_i, `RetraceGraph`'s coupled quantity.
+    Pinning is what makes this work: a unit that switches branch between the two
+    points adds an O(1/eps) jump to the quotient, and a fraction O(eps) of units do,
+    so the error does not shrink with eps (unpinned, H u was off by 65-1500% on the
+    six-conv net).
 
     eps = rel_step * |theta| / |u|: the step moves theta by rel_step of its norm.
     On the six-conv net 3e-4 sits between float32 rounding (smaller steps) and
