@@ -8,7 +8,11 @@ batch norm, 2 epochs of batch 8 at two learning rates; every instance's true
 Spearman(Hara, truth) and the median of Hara / truth, over all 64 and over the
 8 instances of the final step (median relative error there too), with the
 batch-norm coupling of the retrace on and off (`infl.retrace(bn_coupling=...)`;
-without batch norm the two are the same computation). Takes about a minute.
+without batch norm the two are the same computation). With batch norm it also
+scores, on the final step, the exact removal on the network pinned to its
+ReLU/max-pool branches (tools/probe_final_step.py): what the coupled derivative
+approximates; its distance to the truth is the branch switching that removing j
+causes through the batch statistics. Takes about a minute.
 """
 import os
 import sys
@@ -17,9 +21,11 @@ import tempfile
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tools")]
 
 from conftest import TINY, TINY_BN, tiny_data  # noqa: E402  (sets the CPU context)
+from probe_final_step import pinned_removals  # noqa: E402
+from sgd_influence.graphs import trainable_params  # noqa: E402
 from sgd_influence.infl import retrace  # noqa: E402
 from sgd_influence.metrics import spearman  # noqa: E402
 from sgd_influence.train import train  # noqa: E402
@@ -40,3 +46,13 @@ for net, name in ((TINY, "without batch norm"), (TINY_BN, "with batch norm")):
                   f"Spearman(Hara, truth) {spearman(hara, truth):.3f}  median Hara/truth {np.median(hara / truth):.2f}"
                   f"  | final step: Spearman {spearman(hara[final], truth[final]):.3f}, "
                   f"median relative error {np.median(rel):.2f}")
+        if net is TINY_BN:  # the switch-free removal of the final step's instances
+            t = cf.steps[-1]
+            idx, seeds = cf.record.batch(t)
+            cf.stored.load(len(cf.steps) - 1)
+            x, y = data.train_batch(idx, seeds)
+            params = list(trainable_params().values())
+            pinned = pinned_removals(data, params, x, y, cf.u, float(cf.record.lr[t]), net=net)
+            rel = np.abs(pinned - truth[idx]) / np.abs(truth[idx])
+            print(f"{'':<19} lr {lr:<5} final step, exact removal on the pinned network: "
+                  f"Spearman {spearman(pinned, truth[idx]):.3f}, median relative error {np.median(rel):.2f}")
