@@ -145,10 +145,16 @@ def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv
     return with_label_noise(data, label_noise, seed) if label_noise else data
 
 
+# Options whose default changed the results when they were added: a run that predates one
+# was made with this value, not with the current default.
+PREDATING_VALUES = {"bn_coupling": "off"}
+
+
 def args_from_settings(settings: dict) -> argparse.Namespace:
     """The arguments a run was made with, from its run.json settings; options the run
-    predates take their current defaults."""
+    predates take their current defaults (or their `PREDATING_VALUES`)."""
     args = build_parser("", "", ()).parse_args([])
+    vars(args).update(PREDATING_VALUES)
     vars(args).update(settings)
     return args
 

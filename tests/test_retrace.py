@@ -346,3 +346,22 @@ def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_pat
     with pytest.raises(UserError, match="retrace 'exact' -> 'fd'"):
         check_or_reset_output(new)
     check_or_reset_output(old)  # the same settings resume
+
+
+def test_results_from_before_bn_coupling_count_as_off(tmp_path):
+    """A folder whose run.json predates --bn-coupling holds scores made without the coupling:
+    resuming it with the default (on) is refused once retrace results exist; off resumes."""
+    from sgd_influence import io
+    from sgd_influence.errors import UserError
+    from sgd_influence.experiment import build_parser, check_or_reset_output
+    out = str(tmp_path / "out")
+    parser = build_parser("", "out", ["Hara", "Ours", "Random"])
+    settings = vars(parser.parse_args(["-o", out]))
+    del settings["bn_coupling"]
+    io.write_json(os.path.join(out, "run.json"), {"settings": settings})
+    check_or_reset_output(parser.parse_args(["-o", out]))  # no retrace results yet: allowed
+    os.makedirs(os.path.join(out, "influence", "Hara"))
+    open(os.path.join(out, "influence", "Hara", "influence_hara_0.csv"), "w").close()
+    with pytest.raises(UserError, match="bn_coupling 'off' -> 'on'"):
+        check_or_reset_output(parser.parse_args(["-o", out]))
+    check_or_reset_output(parser.parse_args(["-o", out, "--bn-coupling", "off"]))
