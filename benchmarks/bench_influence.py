@@ -115,7 +115,7 @@ def graph_steps(data, state, mode: str, n: int) -> List[tuple]:
     params, u, record = state
     steps = record.steps_of_epoch(record.n_epochs - 1)[::-1]
     idx, seeds = record.batch(steps[0])
-    graph = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params)
+    graph = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, bn_coupling=True)  # retrace's default
     x, y = data.train_batch(idx, seeds)
     graph.run(x, y, u)
     batches = iter([data.train_batch(*record.batch(t)) for t in steps[1:n + 1]])

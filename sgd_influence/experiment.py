@@ -105,6 +105,10 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
+    p.add_argument("--bn-coupling", choices=("on", "off"), default="on",
+                   help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
+                        "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
+                        "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
@@ -175,10 +179,16 @@ def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv
     return with_label_noise(data, label_noise, seed) if label_noise else data
 
 
+# Options whose default changed the results when they were added: a run that predates one
+# was made with this value, not with the current default.
+PREDATING_VALUES = {"bn_coupling": "off"}
+
+
 def args_from_settings(settings: dict) -> argparse.Namespace:
     """The arguments a run was made with, from its run.json settings; options the run
-    predates take their current defaults."""
+    predates take their current defaults (or their `PREDATING_VALUES`)."""
     args = build_parser("", "", ()).parse_args([])
+    vars(args).update(PREDATING_VALUES)
     vars(args).update(settings)
     return args
 
@@ -236,7 +246,7 @@ def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     data = data_for(args, seed)
     params, retrace_u = RETRACES[method]
     influence = retrace(data, io.train_dir(args.output_dir, seed), params, args.batch_size, progress,
-                        retrace_u=retrace_u, mode=args.retrace)
+                        retrace_u=retrace_u, mode=args.retrace, bn_coupling=args.bn_coupling == "on")
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, influence)
 
@@ -305,7 +315,7 @@ RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val"
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
 METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate"),
-                   **{m: ("retrace",) for m in RETRACES}}
+                   **{m: ("retrace", "bn_coupling") for m in RETRACES}}
 RESULT_PATHS = ("run.json", "train", "noise", "influence", "score", "summary", "fig")
 
 

@@ -7,7 +7,6 @@ while w keeps the recorded |S_t| as the divisor.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -15,6 +14,7 @@ import nnabla as nn
 import nnabla.functions as F
 
 from models import Ops, cnn
+from .batch_norm import WeightedBatchNormOps
 
 
 def trainable_params() -> Dict[str, nn.Variable]:
@@ -28,14 +28,24 @@ def zero_grads(params) -> None:
 
 
 class LossGraph:
-    """x, y, w -> per-sample losses l (B,), loss = sum_i w_i l_i, and logits."""
+    """x, y, w -> per-sample losses l (B,), loss = sum_i w_i l_i, and logits.
+
+    `ops`: the network's `models.Ops` (default: the net's own). `bn_coupling`: training-mode
+    batch norm weights its statistics by w too (`batch_norm.WeightedBatchNormOps`), so that
+    w_j = 0 is the removal of j from the batch and dloss/dw_j includes the change of the
+    statistics; for the retrace graphs only (training keeps nnabla's fused batch norm).
+    `double_backward`: the weighted batch norm must support differentiating twice.
+    """
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int, test: bool,
-                 w_need_grad: bool = False, net: Callable = cnn):
+                 w_need_grad: bool = False, net: Callable = cnn, ops: Optional[Ops] = None,
+                 bn_coupling: bool = False, double_backward: bool = False):
         self.x = nn.Variable((batch_size,) + tuple(image_shape))
         self.y = nn.Variable((batch_size, 1))
         self.w = nn.Variable((batch_size,), need_grad=w_need_grad)
-        self.logits = net(self.x, n_classes, test=test)
+        if bn_coupling and not test:
+            ops = WeightedBatchNormOps(self.w, ops, double_backward)
+        self.logits = net(self.x, n_classes, test=test, **({} if ops is None else {"ops": ops}))
         self.per_sample = F.reshape(F.softmax_cross_entropy(self.logits, self.y), (batch_size,))
         self.loss = F.sum(self.per_sample * self.w)
 
@@ -65,14 +75,20 @@ class RetraceGraph:
     With G = grad_theta sum_i w_i l_i(theta) and Q = <u, G>, one backward of
     Q at w_i = 1/|S| leaves
       - in the parameters' grads: H u, H the Hessian of the mini-batch mean loss;
-      - in w's grad: dQ/dw_i = <u, grad_theta l_i(theta)> for every i at once.
+      - in w's grad: dQ/dw_i, which is <u, grad_theta l_i(theta)> for every i at once
+        when the batch-norm statistics do not depend on w (`bn_coupling=False`), and
+        <u, grad_theta l_i> plus the change of the other samples' gradients through the
+        statistics when they do (`bn_coupling=True`: w_i = 0 is then the removal of i,
+        see batch_norm.py); either way the retrace adds eta/|S| * dQ/dw_i.
     Batch norm runs in training mode, as in the step being retraced, unless
     `test` (influence functions use the model as deployed: running statistics).
     """
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int,
-                 params: List[nn.Variable], net: Callable = cnn, test: bool = False):
-        self.graph = LossGraph(batch_size, image_shape, n_classes, test=test, w_need_grad=True, net=net)
+                 params: List[nn.Variable], net: Callable = cnn, test: bool = False,
+                 bn_coupling: bool = False):
+        self.graph = LossGraph(batch_size, image_shape, n_classes, test=test, w_need_grad=True, net=net,
+                               bn_coupling=bn_coupling, double_backward=True)
         self.params = params
         grads = nn.grad([self.graph.loss], params)
         self.u = [nn.Variable(p.shape) for p in params]
@@ -172,10 +188,14 @@ class FDRetraceGraph:
         <u, g_i> = (l_i(theta + eps u) - l_i(theta - eps u)) / (2 eps) + O(eps^2)
     with G the gradient of the batch mean loss and l_i the per-sample losses of the
     same passes: one forward and two training steps' worth of work, against about
-    five for `RetraceGraph`. Pinning is what makes this work: a unit that switches
-    branch between the two points adds an O(1/eps) jump to the quotient, and a
-    fraction O(eps) of units do, so the error does not shrink with eps (unpinned,
-    H u was off by 65-1500% on the six-conv net).
+    five for `RetraceGraph`. With `bn_coupling` the pinned graph's batch norm weights
+    its statistics by w (batch_norm.py) and the backward also runs to w, whose gradient
+    dL/dw_i = l_i + (the change of the others' losses through the statistics) replaces
+    l_i above: its central difference is dQ/dw_i, `RetraceGraph`'s coupled quantity.
+    Pinning is what makes this work: a unit that switches branch between the two
+    points adds an O(1/eps) jump to the quotient, and a fraction O(eps) of units do,
+    so the error does not shrink with eps (unpinned, H u was off by 65-1500% on the
+    six-conv net).
 
     eps = rel_step * |theta| / |u|: the step moves theta by rel_step of its norm.
     On the six-conv net 3e-4 sits between float32 rounding (smaller steps) and
@@ -187,24 +207,32 @@ class FDRetraceGraph:
     REL_STEP = 3e-4
 
     def __init__(self, batch_size: int, image_shape: tuple, n_classes: int,
-                 params: List[nn.Variable], net: Callable = cnn, rel_step: float = REL_STEP):
-        self.params, self.rel_step = params, rel_step
+                 params: List[nn.Variable], net: Callable = cnn, rel_step: float = REL_STEP,
+                 bn_coupling: bool = False):
+        self.params, self.rel_step, self.bn_coupling = params, rel_step, bn_coupling
         self.recorder, self.replayer = BranchRecorder(), BranchReplayer()
         args = (batch_size, image_shape, n_classes, False)
-        self.at_theta = LossGraph(*args, net=functools.partial(net, ops=self.recorder))
-        self.pinned = LossGraph(*args, net=functools.partial(net, ops=self.replayer))
+        # The recording forward keeps the fused batch norm: at w_i = 1/|S| the weighted one
+        # computes the same statistics up to rounding, far inside the pins' margin.
+        self.at_theta = LossGraph(*args, net=net, ops=self.recorder)
+        self.pinned = LossGraph(*args, net=net, ops=self.replayer, w_need_grad=bn_coupling,
+                                bn_coupling=bn_coupling)
         self.pinned.per_sample.persistent = True
 
     def _pass(self, theta: List[np.ndarray], u: List[np.ndarray], step: float):
+        """Parameter gradients and dL/dw_i (= l_i without coupling) at theta + step * u."""
         for p, t, v in zip(self.params, theta, u):
             p.d = t + step * v
         zero_grads(self.params)
+        if self.bn_coupling:
+            self.pinned.w.grad.zero()
         self.pinned.loss.forward(clear_no_need_grad=True)
         self.pinned.loss.backward(clear_buffer=True)
-        return [p.g.copy() for p in self.params], self.pinned.per_sample.d.copy()
+        dw = self.pinned.w.g if self.bn_coupling else self.pinned.per_sample.d
+        return [p.g.copy() for p in self.params], dw.copy()
 
     def run(self, x: np.ndarray, y: np.ndarray, u: List[np.ndarray]):
-        """Return (H u as a list of arrays, <u, g_i> for each sample), like `RetraceGraph.run`."""
+        """Return (H u as a list of arrays, dQ/dw_i for each sample), like `RetraceGraph.run`."""
         theta = [p.d.copy() for p in self.params]
         if flat_norm(u) == 0:
             return [np.zeros_like(a) for a in u], np.zeros(len(y))

@@ -22,6 +22,15 @@ about 5); README, Performance, has the measured agreement. With `retrace_u=False
 the validation gradient: Ours without the Hessian terms, the control method
 TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
 
+Batch norm (`bn_coupling`, default on): with batch norm in training mode, removing j
+from S_t also changes the statistics every other sample of S_t is normalised with. With
+`bn_coupling=True` the retrace graphs weight the batch statistics by the same per-sample
+weights w as the loss (batch_norm.py), so that w_j = 0 is the removal of j and
+<u, g(z_j; theta)> above becomes dQ/dw_j, Q = <u, grad_theta sum_i w_i l_i>, at
+w_i = 1/|S_t|: the first-order change of <u, theta[t+1]> per unit of w_j, coupling
+included (the same quantity without batch norm). `bn_coupling=False` is the per-sample
+derivative with the statistics held fixed (the convention before this option).
+
 Two keyword options of `retrace` reproduce departures of the published code
 from this algorithm, for ablation only (validate_influence.py measures them;
 both are off by default):
@@ -84,11 +93,14 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
 
 
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
-            net: Callable = cnn, *, mode: str = "fd", retrace_u: bool = True, hu_over_batch: bool = False,
-            sample_grads_alone: bool = False, on_step: Optional[Callable] = None) -> np.ndarray:
+            net: Callable = cnn, *, mode: str = "fd", bn_coupling: bool = True, retrace_u: bool = True,
+            hu_over_batch: bool = False, sample_grads_alone: bool = False,
+            on_step: Optional[Callable] = None) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,).
 
     `mode`: "fd" or "exact" (module docstring).
+    `bn_coupling`: the per-sample derivative includes the change of the batch-norm
+    statistics that removing the sample causes (module docstring).
     `retrace_u=False` skips the update u <- u - eta_t H_t u (TracIn_last with method Ours).
     `hu_over_batch` and `sample_grads_alone`: the published code's variants (module docstring); ablations only.
     `on_step(hu, ug, u)`, if given, is called after every step with its H u, its
@@ -113,7 +125,8 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         # running statistics, which training-mode outputs never read.
         idx, seeds = record.batch(t)
         if len(idx) not in graphs:
-            graphs[len(idx)] = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, net)
+            graphs[len(idx)] = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, net,
+                                                    bn_coupling=bn_coupling)
         x, y = data.train_batch(idx, seeds)
         hu, ug = graphs[len(idx)].run(x, y, u)
         if alone is not None:

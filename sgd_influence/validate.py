@@ -67,14 +67,14 @@ LDS_DEFAULT = ("Hara", "Ours", "Influence_functions", "TracIn_last", "Loss", "Ra
 ESTIMATOR_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate",
                                               "seed"),
                       "Random": ("seed",),
-                      **{m: ("retrace",) for m, spec in ESTIMATORS.items() if spec is not None}}
+                      **{m: ("retrace", "bn_coupling") for m, spec in ESTIMATORS.items() if spec is not None}}
 TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
 # Settings that determine the training; a training in -o is reused only when they match.
 TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment")
 # Settings of the validation itself (its cache is reused only when they match).
-VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "if_alpha", "if_lr", "if_momentum", "if_epochs",
+VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
 
 
@@ -92,7 +92,7 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     spec = ESTIMATORS[name]
     if spec is not None:
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
-                       **spec)
+                       bn_coupling=args.bn_coupling == "on", **spec)
     if name == "Random":  # the drivers' Random control (experiment.random_unit)
         return np.random.default_rng([args.seed, 2]).random(len(data.train))
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
@@ -397,10 +397,13 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
     metrics = all_metrics(table, picks, methods)
     vdir = validation_dir(args.output_dir)
     write_table(os.path.join(vdir, "validation.csv"), data, idx, list(picks), steps, table, methods)
+    by_steps = error_by_steps_remaining(table, steps, n_steps, methods)
+    final = next((r for r in by_steps if r["steps_remaining"] == "1"), {"n": 0})  # j's batch is the last step
     summary = {"settings": settings_of(args), "n_checked": int(len(idx)),
                "picks": {p: int((picks == p).sum()) for p in ("ours_low", "ours_high", "random")},
                "headline": "random", "steps_in_last_epoch": n_steps, "metrics": metrics,
-               "by_steps_remaining": error_by_steps_remaining(table, steps, n_steps, methods), "errors": errors,
+               "by_steps_remaining": by_steps,
+               "final_step": {k: v for k, v in final.items() if k != "steps_remaining"}, "errors": errors,
                "seconds_this_run": {k: round(v, 1) for k, v in seconds.items()}}
     io.write_json(os.path.join(vdir, "validation.json"), summary)
     for m in methods:
@@ -539,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
     p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
                    help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
+    p.add_argument("--bn-coupling", choices=driver_choices(driver, "bn_coupling"),
+                   default=driver.get_default("bn_coupling"),
+                   help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
     p.add_argument("-di", "--device-id", type=device, default="0",
                    help="GPU id when nnabla-ext-cuda is installed, or cpu")
     p.add_argument("--overwrite", action="store_true",

@@ -193,14 +193,15 @@ def rel_err(a, b):
     return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
 
-@pytest.mark.parametrize("net", [TINY, TINY_BN])
-def test_finite_difference_step_matches_double_backward(data, net):
-    """FDRetraceGraph's H u and <u, g_i> against the exact double backward, and theta restored."""
+@pytest.mark.parametrize("net,coupling", [(TINY, False), (TINY_BN, False), (TINY_BN, True)])
+def test_finite_difference_step_matches_double_backward(data, net, coupling):
+    """FDRetraceGraph's H u and dQ/dw_i against the exact double backward, and theta restored."""
     for seed in range(3):
         _, params, u, x, y = random_point(data, np.arange(8), net, seed)
         theta = [p.d.copy() for p in params]
-        hu, ug = RetraceGraph(8, data.image_shape, data.n_classes, params, net).run(x, y, u)
-        hu_fd, ug_fd = FDRetraceGraph(8, data.image_shape, data.n_classes, params, net).run(x, y, u)
+        hu, ug = RetraceGraph(8, data.image_shape, data.n_classes, params, net, bn_coupling=coupling).run(x, y, u)
+        hu_fd, ug_fd = FDRetraceGraph(8, data.image_shape, data.n_classes, params, net,
+                                      bn_coupling=coupling).run(x, y, u)
         assert rel_err(hu_fd, hu) < 1e-2, seed
         assert rel_err(ug_fd, ug) < 1e-2, seed
         assert all(np.array_equal(p.d, t) for p, t in zip(params, theta))
@@ -260,13 +261,18 @@ def test_pinned_network_stays_on_the_recorded_branches(data):
 
 @pytest.mark.parametrize("method", ["Hara", "Ours"])
 def test_finite_difference_retrace_ranks_like_exact(data, tmp_path, method):
-    """The default retrace (finite differences) against the exact double backward."""
+    """The default retrace (finite differences) against the exact double backward, with the
+    batch-norm coupling on and off."""
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=True, progress=False, net=TINY_BN)
-    exact = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="exact")
-    fd = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="fd")
-    assert spearman(fd, exact) >= 0.999
-    assert rel_err(fd, exact) < 1e-2
+    scores = {}
+    for coupling in (True, False):
+        exact = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="exact", bn_coupling=coupling)
+        fd = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode="fd", bn_coupling=coupling)
+        assert spearman(fd, exact) >= 0.999, coupling
+        assert rel_err(fd, exact) < 1e-2, coupling
+        scores[coupling] = exact
+    assert rel_err(scores[False], scores[True]) > 1e-2  # the coupling changes the scores
 
 
 def test_cli_retrace_choices_are_the_implemented_modes():
@@ -274,6 +280,29 @@ def test_cli_retrace_choices_are_the_implemented_modes():
     from sgd_influence.infl import RETRACE_MODES
     action = next(a for a in build_parser("", "out", ["Hara"])._actions if a.dest == "retrace")
     assert set(action.choices) == set(RETRACE_MODES) and action.default == "fd"
+
+
+def test_bn_coupling_option_reaches_the_retrace(data, tmp_path, monkeypatch):
+    """--bn-coupling on|off (default on) becomes retrace(bn_coupling=...) in the drivers and in
+    validate_influence, and is a per-method setting like --retrace."""
+    import inspect
+    from sgd_influence import experiment, infl, validate
+    seen = []
+    monkeypatch.setattr(infl, "retrace", lambda *a, **k: seen.append(k["bn_coupling"]) or np.zeros(len(data.train)))
+    monkeypatch.setattr(experiment, "data_for", lambda args, seed: data)
+    monkeypatch.setattr(validate, "retrace", infl.retrace)
+    parser = experiment.build_parser("", "out", ["Hara"])
+    assert parser.get_default("bn_coupling") == "on"
+    assert inspect.signature(retrace).parameters["bn_coupling"].default is True  # the unpatched one
+    for value in ("on", "off"):
+        args = parser.parse_args(["-o", str(tmp_path / value), "--bn-coupling", value])
+        experiment.retrace_unit(args, "TracIn_last", 0, progress=False)
+        vargs = validate.build_parser().parse_args(["-o", str(tmp_path), "--bn-coupling", value])
+        validate.estimate("Hara", data, str(tmp_path), vargs, TINY, progress=False)
+    assert seen == [True, True, False, False]
+    assert validate.build_parser().get_default("bn_coupling") == "on"
+    assert all("bn_coupling" in experiment.METHOD_SETTINGS[m] for m in ("Hara", "Ours", "TracIn_last"))
+    assert "bn_coupling" in validate.VALIDATION_SETTINGS
 
 
 def test_pinned_max_pool_on_odd_sizes():
@@ -317,3 +346,22 @@ def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_pat
     with pytest.raises(UserError, match="retrace 'exact' -> 'fd'"):
         check_or_reset_output(new)
     check_or_reset_output(old)  # the same settings resume
+
+
+def test_results_from_before_bn_coupling_count_as_off(tmp_path):
+    """A folder whose run.json predates --bn-coupling holds scores made without the coupling:
+    resuming it with the default (on) is refused once retrace results exist; off resumes."""
+    from sgd_influence import io
+    from sgd_influence.errors import UserError
+    from sgd_influence.experiment import build_parser, check_or_reset_output
+    out = str(tmp_path / "out")
+    parser = build_parser("", "out", ["Hara", "Ours", "Random"])
+    settings = vars(parser.parse_args(["-o", out]))
+    del settings["bn_coupling"]
+    io.write_json(os.path.join(out, "run.json"), {"settings": settings})
+    check_or_reset_output(parser.parse_args(["-o", out]))  # no retrace results yet: allowed
+    os.makedirs(os.path.join(out, "influence", "Hara"))
+    open(os.path.join(out, "influence", "Hara", "influence_hara_0.csv"), "w").close()
+    with pytest.raises(UserError, match="bn_coupling 'off' -> 'on'"):
+        check_or_reset_output(parser.parse_args(["-o", out]))
+    check_or_reset_output(parser.parse_args(["-o", out, "--bn-coupling", "off"]))

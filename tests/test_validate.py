@@ -102,6 +102,7 @@ def test_quick_validation(data, tmp_path):
     first = saved["by_steps_remaining"][0]  # the final step: Hara exact
     assert first["steps_remaining"] == "1" and first["n"] == int(final.sum())
     assert first["Hara"]["median_relative_error"] < 1e-4
+    assert saved["final_step"] == {k: v for k, v in first.items() if k != "steps_remaining"}
 
     # Resume: nothing is recomputed (the cache holds every estimate and counterfactual).
     cache = os.path.join(vdir, "cache")
