@@ -7,7 +7,9 @@ WORKERS ?= 2
 # The demo preset: Fashion-MNIST subset sized to finish in under 20 minutes on 2 CPU cores.
 DEMO_TRIALS ?= 1
 DEMO_SETTINGS := -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 --lr 0.02 --no-augment
-DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 --workers $(WORKERS)
+# DEMO_EXTRA: more driver options, e.g. DEMO_EXTRA="--bn-coupling off"
+DEMO_EXTRA ?=
+DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 --workers $(WORKERS) $(DEMO_EXTRA)
 # The fidelity yardstick at the demo's settings (README "How accurate is each estimator").
 LDS_OUT ?= output_lds
 LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --workers $(WORKERS)

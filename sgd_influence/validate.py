@@ -480,7 +480,7 @@ def driver_choices(parser: argparse.ArgumentParser, dest: str) -> list:
 
 # LDS defaults (README, How accurate is each estimator: the cheapest fraction and number of
 # replays whose noise ceiling reached 0.8 on the make demo settings).
-LDS_FRACTIONS = (0.05,)
+LDS_FRACTIONS = (0.5,)
 LDS_SUBSETS = 50
 LDS_REPLAYS = 2
 
