@@ -9,7 +9,6 @@ resumes where it stopped. With --workers N units run in N processes
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import glob
 import json
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from datasets import DATASETS, load_dataset
 from . import io
-from .errors import UserError
+from .errors import UserError, run_command
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
 
@@ -413,18 +412,4 @@ def run_experiment(args) -> None:
 def main(argv, description: str, default_out: str, default_methods: Sequence[str]) -> int:
     """A driver: parse `argv`, run the experiment, turn user errors into one line and exit code 2."""
     args = build_parser(description, default_out, default_methods).parse_args(argv)
-    try:
-        run_experiment(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
-            raise
-        print(f"error: cannot write {e.filename or args.output_dir}: {e.strerror}; "
-              f"finished results are kept, free space or fix permissions and re-run", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: run_experiment(args), args.output_dir)

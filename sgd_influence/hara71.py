@@ -41,10 +41,8 @@ Output: OUT/validation/hara71.json; per-trial results in OUT/validation/hara71_c
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
-import sys
 import time
 from typing import Dict, List, Sequence
 
@@ -56,7 +54,7 @@ from tqdm import tqdm
 from datasets import default_data_dir
 from models.small import init_values, net
 from . import io
-from .errors import UserError
+from .errors import UserError, run_command
 from .experiment import _HelpFormatter, device, positive_float, positive_int, set_context
 from .metrics import kendall_tau_b
 
@@ -760,19 +758,4 @@ def format_table(summary: dict) -> str:
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
-            raise
-        print(f"error: cannot write {e.filename or args.output_dir}: {e.strerror}; finished trials are kept, "
-              f"free space or fix permissions and re-run", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
-    print(format_table(summary))
-    return 0
+    return run_command(lambda: print(format_table(run(args))), args.output_dir)

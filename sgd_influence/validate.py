@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import sys
@@ -40,7 +39,7 @@ from tqdm import tqdm
 from datasets import DATASETS, Data
 from models import cnn
 from . import figures, io, lds
-from .errors import UserError
+from .errors import UserError, run_command
 from .graphs import GraphCache, evaluate, trainable_params
 from .infl import load_final_model, retrace, val_gradient
 from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
@@ -338,7 +337,6 @@ def prepare_output(args) -> None:
         from .experiment import code_version
         io.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
                                  "settings": settings_of(args), "code_version": code_version()})
-    vdir = validation_dir(out)
     if args.lds:
         if args.overwrite:
             shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
@@ -576,23 +574,17 @@ def main(argv) -> int:
     from datasets import load_dataset
     from .experiment import set_context
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         check_args(args)
         set_context(args.device_id)
         data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
-        summary = (run_lds if args.lds else run_validation)(args, data)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: re-run the same command to resume", file=sys.stderr)
-        return 130
-    if args.lds:
-        print_lds(summary)
-        print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
-    else:
-        print_summary(summary)
-        print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
-    return 0
+        if args.lds:
+            print_lds(run_lds(args, data))
+            print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
+        else:
+            print_summary(run_validation(args, data))
+            print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
+    return run_command(body, args.output_dir)
