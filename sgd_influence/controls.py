@@ -30,3 +30,9 @@ def negated_training_loss(data: Data, batch_size: int = 500, net: Callable = cnn
         g.per_sample.forward(clear_buffer=True)
         out[a:b] = -g.per_sample.d
     return out
+
+
+def random_key(n: int, seed: int) -> np.ndarray:
+    """Control `Random`: a seeded random sort key of the n training instances (not a predicted
+    change of the validation loss; removal in its ascending order is a random order)."""
+    return np.random.default_rng([seed, 2]).random(n)

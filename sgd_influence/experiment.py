@@ -17,7 +17,7 @@ import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 import multiprocessing as mp
-from typing import List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -197,21 +197,28 @@ def data_for(args, seed: int):
                     args.train_csv, args.val_csv, args.test_csv, args.label_noise)
 
 
-def run_units(units: List[tuple], args, desc: str) -> None:
-    """Run fn(args, *rest) for every unit (fn, *rest), in-process or in a process pool."""
+def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable] = None, progress: bool = True,
+              **inline) -> None:
+    """Run fn(args, *rest) for every unit (fn, *rest), in-process or in a process pool of
+    args.workers; on_result(unit, value), if given, in this process as each unit finishes.
+    `inline` keyword arguments go to in-process calls only (workers build theirs from args)."""
     if not units:
         return
     if args.workers == 1 or len(units) == 1:
-        for fn, *rest in tqdm(units, desc=desc, unit="unit", disable=len(units) == 1):
-            fn(args, *rest, progress=True)
+        for u in tqdm(units, desc=desc, unit="unit", disable=not progress or len(units) == 1):
+            value = u[0](args, *u[1:], progress=progress, **inline)
+            if on_result:
+                on_result(u, value)
         return
     ctx = mp.get_context("spawn")
     pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
                                initializer=set_context, initargs=(args.device_id,))
     try:
-        futures = [pool.submit(fn, args, *rest, progress=False) for fn, *rest in units]
-        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit"):
-            f.result()
+        futures = {pool.submit(u[0], args, *u[1:], progress=False): u for u in units}
+        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit", disable=not progress):
+            value = f.result()
+            if on_result:
+                on_result(futures[f], value)
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # drop queued units; running ones finish cleanly
         raise
@@ -252,10 +259,10 @@ def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
 
 def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
     """Control: a seeded random removal order (the 'influence' column is the random key)."""
+    from .controls import random_key
     data = data_for(args, seed)
-    key = np.random.default_rng([seed, 2]).random(len(data.train))
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
-                           data.train.ids, data.train.y, key)
+                           data.train.ids, data.train.y, random_key(len(data.train), seed))
 
 
 def loss_unit(args, method: str, seed: int, progress: bool = True) -> None:

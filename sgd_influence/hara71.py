@@ -41,7 +41,6 @@ Output: OUT/validation/hara71.json; per-trial results in OUT/validation/hara71_c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Dict, List, Sequence
@@ -82,9 +81,6 @@ PUBLISHED_MNIST = {"logreg": {"kendall": {"Hara": 0.95, "Influence_functions": 0
                               "jaccard": {"Hara": 0.83, "Influence_functions": 0.41}},
                    "mlp": {"kendall": {"Hara": 0.45, "Influence_functions": 0.27},
                            "jaccard": {"Hara": 0.37, "Influence_functions": 0.27}}}
-# Settings that determine a trial's results; a cache is reused only when they match.
-SETTINGS = ("model", "task", "n_train", "n_val", "n_test", "epochs", "batch_size", "lr", "lr_decay", "hidden",
-            "weight_decay", "C", "if_damping")
 
 
 # ------------------------------------------------------------------------- data
@@ -684,20 +680,12 @@ def trial_path(out: str, seed: int) -> str:
 
 
 def check_cache(out: str, settings: dict, overwrite: bool) -> None:
-    """Refuse to mix trials of other settings (or wipe them with --overwrite); record the settings."""
+    """Refuse to mix trials of other settings (or wipe them with --overwrite); record the settings.
+    `settings` (resolve_settings) is everything that determines a trial's results."""
     import shutil
-    path = os.path.join(cache_dir(out), "settings.json")
     if overwrite and os.path.isdir(cache_dir(out)):
         shutil.rmtree(cache_dir(out))
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = [f"{k} {old.get(k)!r} -> {settings[k]!r}" for k in SETTINGS if old.get(k) != settings[k]]
-        if diff:
-            raise UserError(f"{out} holds hara71 trials of other settings ({'; '.join(diff)}); "
-                            f"use another -o, or --overwrite to start afresh")
-    else:
-        io.write_json(path, settings)
+    io.check_settings(cache_dir(out), settings, out, "hara71 trials", "start afresh")
 
 
 def load_trial(path: str) -> dict:

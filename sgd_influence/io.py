@@ -11,6 +11,8 @@ from io import StringIO
 
 import numpy as np
 
+from .errors import UserError
+
 METHOD_FILE = {"Hara": "hara", "Ours": "ours", "Random": "random",
                "Influence_functions": "influence_functions", "TracIn_last": "tracin_last", "Loss": "loss"}
 
@@ -52,12 +54,25 @@ def write_json(path: str, obj) -> None:
 
 def read_json(path: str):
     """A JSON file this tool wrote; a corrupt one stops with a line naming it and the fix."""
-    from .errors import UserError
     try:
         with open(path) as f:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is corrupt ({e}); delete it (or use --overwrite) and re-run") from None
+
+
+def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str) -> None:
+    """Reuse the results in `folder` only under the settings they were made with: compare with its
+    settings.json (one error line naming each difference), or record `settings` there."""
+    path = os.path.join(folder, "settings.json")
+    if not os.path.exists(path):
+        write_json(path, settings)
+        return
+    old = read_json(path)
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    if diff:
+        raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
+                        f"use another -o, or --overwrite to {fix}")
 
 
 def train_dir(out: str, seed: int) -> str:

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import csv
 import os
-from concurrent.futures import ProcessPoolExecutor
-import multiprocessing as mp
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -49,6 +47,7 @@ import numpy as np
 from datasets import Data
 from models import cnn
 from . import figures, io
+from .experiment import run_units
 from .graphs import GraphCache, evaluate, trainable_params
 from .metrics import pearson, spearman
 from .params import StepParamsReader, StepParamsWriter, checkpoint_path, load_checkpoint
@@ -73,6 +72,16 @@ def predictions(scores: np.ndarray, subsets: List[np.ndarray]) -> np.ndarray:
 
 
 # --------------------------------------------------------------- replays
+def store_path(cache: str, r: int) -> str:
+    """theta^r[t] of every step of baseline replay r (a per-step store, params.StepParamsWriter)."""
+    return os.path.join(cache, f"replay_{r}.f32")
+
+
+def baseline_path(cache: str, r: int) -> str:
+    """L(theta^r[T]) of baseline replay r; written last, so it marks the replay done."""
+    return os.path.join(cache, f"replay_{r}.json")
+
+
 def perturb(seed: int, r: int) -> None:
     """Move each trainable parameter, with probability 1/2, one float32 ulp up or down
     (seeded by (seed, r)): half an ulp on average. r = 0: no change."""
@@ -101,10 +110,10 @@ class PairedReplays:
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
 
     def store_path(self, r: int) -> str:
-        return os.path.join(self.store_dir, f"replay_{r}.f32")
+        return store_path(self.store_dir, r)
 
     def baseline_path(self, r: int) -> str:
-        return os.path.join(self.store_dir, f"replay_{r}.json")
+        return baseline_path(self.store_dir, r)
 
     def val_loss(self) -> float:
         return evaluate(self.test_graphs, self.data.normalize, self.data.val)[0]
@@ -176,11 +185,12 @@ def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
     return _REPLAYS[key]
 
 
-def baseline_unit(args, r: int, data: Optional[Data] = None, net: Callable = cnn) -> float:
+def baseline_unit(args, r: int, data: Optional[Data] = None, net: Callable = cnn, progress: bool = False) -> float:
     return _replays(args, data, net).baseline(r)
 
 
-def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Callable = cnn) -> float:
+def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Callable = cnn,
+               progress: bool = False) -> float:
     rep = _replays(args, data, net)
     return rep.truth(subset(len(rep.data.train), fraction, s, args.seed), r)
 
@@ -189,35 +199,12 @@ def cache_dir(out: str) -> str:
     return os.path.join(out, "validation", "lds_cache")
 
 
-def run_units(units: List[tuple], args, data: Data, net: Callable, desc: str, on_result: Callable) -> None:
-    """fn(args, *rest) for every unit, in this process or in args.workers spawned processes
-    (which load the built-in dataset and network themselves); on_result(unit, value) in this one."""
-    from tqdm import tqdm
-    if not units:
-        return
-    if args.workers == 1 or len(units) == 1:
-        for u in tqdm(units, desc=desc, unit="replay", disable=not args.progress):
-            on_result(u, u[0](args, *u[1:], data=data, net=net))
-        return
-    from concurrent.futures import as_completed
-    from .experiment import set_context
-    with ProcessPoolExecutor(min(args.workers, len(units)), mp_context=mp.get_context("spawn"),
-                             initializer=set_context, initargs=(args.device_id,)) as pool:
-        futures = {pool.submit(u[0], args, *u[1:]): u for u in units}
-        try:
-            for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="replay",
-                          disable=not args.progress):
-                on_result(futures[f], f.result())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: int, k: int) -> Dict[float, np.ndarray]:
+def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: int, k: int,
+                   progress: bool = True) -> Dict[float, np.ndarray]:
     """{fraction: (M, K) array of truths}, computing only what the cache lacks."""
     cache = cache_dir(args.output_dir)
-    base_units = [(baseline_unit, r) for r in range(k) if not os.path.exists(os.path.join(cache, f"replay_{r}.json"))]
-    run_units(base_units, args, data, net, "LDS baseline replays", lambda u, v: None)
+    base_units = [(baseline_unit, r) for r in range(k) if not os.path.exists(baseline_path(cache, r))]
+    run_units(base_units, args, "LDS baseline replays", progress=progress, data=data, net=net)
     done = {p: read_truths(truths_path(cache, p)) for p in fractions}
     # Subset-major: an interrupted run leaves about as many subsets done at every fraction.
     units = [(truth_unit, p, s, r) for s in range(m) for p in fractions for r in range(k) if (s, r) not in done[p]]
@@ -227,7 +214,7 @@ def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: i
         done[p][(s, r)] = value
         write_truths(truths_path(cache, p), done[p])
 
-    run_units(units, args, data, net, "LDS counterfactual replays", keep)
+    run_units(units, args, "LDS counterfactual replays", keep, progress, data=data, net=net)
     return {p: np.array([[done[p][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
 
 

@@ -40,6 +40,8 @@ from datasets import DATASETS, Data
 from models import cnn
 from . import figures, io, lds
 from .errors import UserError, run_command
+from .controls import random_key
+from .experiment import METHOD_SETTINGS
 from .graphs import GraphCache, evaluate, trainable_params
 from .infl import load_final_model, retrace, val_gradient
 from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
@@ -62,11 +64,11 @@ ESTIMATORS: Dict[str, dict | None] = {
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
 # LDS: every scoring method the drivers know, and Random (its LDS must come out near 0).
 LDS_DEFAULT = ("Hara", "Ours", "Influence_functions", "TracIn_last", "Loss", "Random")
-# The settings an estimator's scores depend on beyond the training's.
-ESTIMATOR_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate",
-                                              "seed"),
+# The settings an estimator's scores depend on beyond the training's: the drivers' per-method
+# settings (experiment.METHOD_SETTINGS), and the seed where it draws random numbers.
+ESTIMATOR_SETTINGS = {"Influence_functions": METHOD_SETTINGS["Influence_functions"] + ("seed",),
                       "Random": ("seed",),
-                      **{m: ("retrace", "bn_coupling") for m, spec in ESTIMATORS.items() if spec is not None}}
+                      **{m: METHOD_SETTINGS["Hara"] for m, spec in ESTIMATORS.items() if spec is not None}}
 TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
@@ -92,8 +94,8 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
     if spec is not None:
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
                        bn_coupling=args.bn_coupling == "on", **spec)
-    if name == "Random":  # the drivers' Random control (experiment.random_unit)
-        return np.random.default_rng([args.seed, 2]).random(len(data.train))
+    if name == "Random":
+        return random_key(len(data.train), args.seed)
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
     if name == "Loss":
         from .controls import negated_training_loss
@@ -306,19 +308,6 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in VALIDATION_SETTINGS}
 
 
-def check_cache_settings(folder: str, settings: dict, what: str) -> None:
-    """A cache folder is reused only under the settings it was made with."""
-    path = os.path.join(folder, "settings.json")
-    if os.path.exists(path):
-        old = io.read_json(path)
-        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
-        if diff:
-            raise UserError(f"{os.path.dirname(folder)} holds {what} of other settings ({'; '.join(diff)}); "
-                            f"use another -o, or --overwrite to redo it")
-    else:
-        io.write_json(path, settings)
-
-
 def prepare_output(args) -> None:
     """Reuse a training in -o only under the same settings; the same for the validation caches."""
     out = args.output_dir
@@ -327,6 +316,7 @@ def prepare_output(args) -> None:
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
     io.remove_stale_temporaries(out)
+    vdir = validation_dir(out)
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
         old = io.read_json(run_json).get("settings", {})
@@ -340,11 +330,12 @@ def prepare_output(args) -> None:
     if args.lds:
         if args.overwrite:
             shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
-        check_cache_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, "an LDS")
+        io.check_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, vdir, "an LDS",
+                          "redo it")
         return
     if args.overwrite:
         shutil.rmtree(cache_dir(out), ignore_errors=True)
-    check_cache_settings(cache_dir(out), settings_of(args), "a validation")
+    io.check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it")
 
 
 def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict) -> str:
@@ -413,14 +404,13 @@ def run_lds(args, data: Data, net: Callable = cnn, progress: bool = True) -> dic
     """Train (or reuse), score every method, replay the subsets' removals; write lds.json,
     lds.csv and lds_<Method>.png; returns the summary (module lds)."""
     prepare_output(args)
-    args.progress = progress
     seconds = {}
     run_dir = ensure_training(args, data, net, progress, seconds)
     folder = lds.cache_dir(args.output_dir)
     scores, errors = all_estimates(list(args.methods), data, run_dir, args, net, progress, seconds, folder)
     t = time.time()
     fractions, m, k, n = args.lds_fraction, args.lds_subsets, args.noise_replays, len(data.train)
-    truths = lds.compute_truths(args, data, net, fractions, m, k)
+    truths = lds.compute_truths(args, data, net, fractions, m, k, progress)
     seconds["replays"] = time.time() - t
     blocks, preds = [], {}
     rows = ["fraction,subset,subset_size,truth_mean," + ",".join(f"truth_replay_{r}" for r in range(k)) + ","

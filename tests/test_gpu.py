@@ -10,7 +10,7 @@ from sgd_influence.errors import UserError
 from sgd_influence.experiment import set_context
 
 
-def test_cpu_on_request_and_bad_ids_refused(tmp_path, capsys):
+def test_cpu_on_request_and_bad_ids_refused(capsys):
     assert set_context("cpu") == "cpu"
     assert set_context("0") in ("cpu", "cudnn")
     set_context("cpu")
