@@ -36,7 +36,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sgd_influence.experiment import _HelpFormatter, build_parser, device, set_context  # noqa: E402
+from sgd_influence.settings import HelpFormatter, build_parser, device, set_context  # noqa: E402
 
 _DRIVER = build_parser("", "", ())
 IF_DEFAULTS = {k: _DRIVER.get_default(f"if_{k}") for k in ("alpha", "lr", "momentum")}  # the drivers' solver
@@ -85,8 +85,10 @@ def train_run(args, data, run_dir: str) -> float:
 
 def replay_steps(data, run_dir: str, n: int, drop: float) -> List[tuple]:
     """Training steps (drop=0) or evaluation retraining steps (a fraction removed) of the last epoch."""
-    from sgd_influence.params import checkpoint_path, load_checkpoint
-    from sgd_influence.step_record import StepRecord, step_record_path
+    from sgd_influence.params import load_checkpoint
+    from sgd_influence.layout import checkpoint_path
+    from sgd_influence.step_record import StepRecord
+    from sgd_influence.layout import step_record_path
     from sgd_influence.train import SGD, init_model
     record = StepRecord.load(step_record_path(run_dir))
     bs = len(record.batch(0)[0])
@@ -103,7 +105,8 @@ def at_final_params(data, run_dir: str):
     """Model at theta[T], u = validation gradient, the step record."""
     from sgd_influence.graphs import trainable_params
     from sgd_influence.infl import load_final_model, val_gradient
-    from sgd_influence.step_record import StepRecord, step_record_path
+    from sgd_influence.step_record import StepRecord
+    from sgd_influence.layout import step_record_path
     record = StepRecord.load(step_record_path(run_dir))
     load_final_model(data, run_dir, record.n_epochs, len(record.batch(0)[0]))
     return list(trainable_params().values()), val_gradient(data), record
@@ -193,7 +196,8 @@ def naive_steps(data, state, run_dir: str, n: int, workdir: str) -> List[tuple]:
     """Hara's naive retrace over the last n steps, its step parameters as per-step .h5 files."""
     import nnabla as nn
     from sgd_influence.graphs import trainable_params
-    from sgd_influence.params import StepParamsReader, step_params_path
+    from sgd_influence.params import StepParamsReader
+    from sgd_influence.layout import step_params_path
     _, u_list, record = state
     u = dict(zip(trainable_params(), [a.copy() for a in u_list]))
     steps = record.steps_of_epoch(record.n_epochs - 1)
@@ -268,7 +272,7 @@ def accuracy(data, run_dir: str, method: str, batch_size: int) -> dict:
 # ----------------------------------------------------------------------- main
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under 5 minutes)")
     p.add_argument("-ds", "--dataset", default="fashion_mnist", help="dataset (as in the drivers)")
     p.add_argument("--n-train", type=int, default=None, help="training instances (default 1920; quick 768)")
@@ -325,7 +329,7 @@ def print_accuracy(acc: dict) -> None:
 
 
 def accuracy_only(args) -> None:
-    from sgd_influence.io import write_json
+    from sgd_influence.layout import write_json
     data = load(args, args.n_train)
     acc = {m: accuracy(data, args.accuracy_on, m, args.batch_size) for m in ("Ours", "Hara")}
     write_json(os.path.join(ROOT, "benchmarks", "results", f"{args.label}-accuracy.json"),
@@ -385,7 +389,7 @@ def main(argv=None) -> None:
            "retrace_over_train_step": fig["ours_step"]["figure"] / fig["train_step"]["figure"],
            "naive_over_fast": fig["naive_step"]["figure"] / fig["ours_step"]["figure"]}
     os.makedirs(results_dir, exist_ok=True)
-    from sgd_influence.io import write_json
+    from sgd_influence.layout import write_json
     write_json(os.path.join(results_dir, f"{args.label}.json"), res)
     print(table(res))
     if acc:

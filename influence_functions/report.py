@@ -12,16 +12,12 @@ import os
 
 import numpy as np
 
-from sgd_influence.io import atomic_path, write_json, write_text
+from sgd_influence.layout import atomic_path, solver_figure_path, solver_trace_path, write_json, write_text
 from .infl import TRACE_COLUMNS
 
 
-def solver_trace_path(out: str, seed: int) -> str:
-    return os.path.join(out, "influence", "Influence_functions", f"solver_trace_{seed}.csv")
 
 
-def solver_figure_path(out: str, seed: int) -> str:
-    return os.path.join(out, "fig", f"if_solver_seed{seed}.png")
 
 
 def write_solver_summary(out: str, seed: int, settings: dict, check: dict) -> None:

@@ -35,7 +35,6 @@ import glob
 import json
 import math
 import os
-import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -45,15 +44,13 @@ import numpy as np
 
 from datasets import CLASS_NAMES
 
-from . import figures, io
+from . import figures, layout
 from .figures import pyplot
 from .errors import UserError
+from .methods import CONTROL, N_RANKED, is_control, sort_key
 from .metrics import kendall_tau_b, spearman
+from .settings import RESULT_SETTINGS, args_from_settings, data_for, differences
 
-SCORE_RE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)\.csv$")
-INFLUENCE_RE = re.compile(r"influence_.+_(\d+)\.csv$")
-METHOD_ORDER = ["Hara", "Ours", "Influence_functions", "Random"]  # then any other, alphabetically
-CONTROL = "Random"  # a random sort key: no agreement, no harmful/helpful grids
 GRID = 32  # instances per harmful/helpful grid
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
@@ -76,10 +73,6 @@ class Row(NamedTuple):
 
 Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -> final test accuracy
 Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
-
-
-def method_key(m: str) -> tuple:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
 
 def warn(msg: str) -> None:
@@ -114,7 +107,6 @@ def read_folder(path: str) -> Folder:
 
 def check_mergeable(folders: Sequence[Folder]) -> None:
     """Refuse folders whose result-changing settings differ (the batch size may)."""
-    from .experiment import RESULT_SETTINGS
     if len(folders) < 2:
         return
     first = folders[0]
@@ -124,8 +116,7 @@ def check_mergeable(folders: Sequence[Folder]) -> None:
                             f"analyze it on its own")
     for f in folders[1:]:
         keys = [k for k in RESULT_SETTINGS if k != "batch_size" and k in first.settings and k in f.settings]
-        diff = [f"{k} {first.settings[k]!r} vs {f.settings[k]!r}" for k in keys
-                if first.settings[k] != f.settings[k]]
+        diff = differences(first.settings, f.settings, keys, sep="vs")
         if diff:
             raise UserError(f"cannot merge {first.path} and {f.path}: their run.json settings differ "
                             f"({'; '.join(diff)}); only the batch size may differ")
@@ -142,21 +133,9 @@ def final_test_accuracy(path: str) -> float:
 def collect(out: str) -> Scores:
     """{method: {n_removed: {seed: final test accuracy}}} of one folder."""
     scores: Scores = {}
-    for path in sorted(glob.glob(os.path.join(out, "score", "*", "score_delete_worst_*_seed_*.csv"))):
-        m = SCORE_RE.search(path)
-        method = os.path.basename(os.path.dirname(path))
-        scores.setdefault(method, {}).setdefault(int(m.group(1)), {})[int(m.group(2))] = final_test_accuracy(path)
+    for method, n, seed, path in layout.score_files(out):
+        scores.setdefault(method, {}).setdefault(n, {})[seed] = final_test_accuracy(path)
     return scores
-
-
-def collect_influence(out: str) -> Influence:
-    """{method: {seed: influence CSV path}} of one folder."""
-    found: Influence = {}
-    for path in sorted(glob.glob(os.path.join(out, "influence", "*", "influence_*_*.csv"))):
-        m = INFLUENCE_RE.search(os.path.basename(path))
-        if m:
-            found.setdefault(os.path.basename(os.path.dirname(path)), {})[int(m.group(1))] = path
-    return found
 
 
 def merge_scores(parts: Sequence[Tuple[str, Scores]]) -> Scores:
@@ -192,9 +171,9 @@ def merge_influence(parts: Sequence[Tuple[str, Influence]]) -> Influence:
 
 # ----------------------------------------------------------------------- summary
 def summarize(scores: Scores, batch_size: Optional[int] = None) -> List[Row]:
-    """Mean and sample standard deviation over trials per method and n, methods in METHOD_ORDER."""
+    """Mean and sample standard deviation over trials per method and n, methods in plot order (methods.sort_key)."""
     rows = []
-    for method in sorted(scores, key=method_key):
+    for method in sorted(scores, key=sort_key):
         for n in sorted(scores[method]):
             acc = np.array([scores[method][n][s] for s in sorted(scores[method][n])])
             std = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
@@ -218,7 +197,7 @@ def no_removal(scores: Scores) -> Optional[Tuple[float, float, int]]:
 def write_summary(path: str, rows: Sequence[Row]) -> None:
     lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials"]
     lines += [f"{'' if b is None else b},{m},{n},{mean:.6f},{std:.6f},{k}" for b, m, n, mean, std, k in rows]
-    io.write_text(path, "\n".join(lines) + "\n")
+    layout.write_text(path, "\n".join(lines) + "\n")
 
 
 # Two-sided 97.5% quantiles of Student's t by degrees of freedom (a 95% interval), 1..30; normal beyond.
@@ -232,7 +211,7 @@ def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
     sample standard deviation and 95% t-interval over trials (none with one trial); `distinguishable`
     when the interval excludes 0."""
     rows = []
-    for method in sorted(scores, key=method_key):
+    for method in sorted(scores, key=sort_key):
         if method == control or control not in scores:
             continue
         for n in sorted(scores[method]):
@@ -256,7 +235,7 @@ def write_paired(path: str, rows: Sequence[dict]) -> None:
     cols = ["method", "control", "n_removed", "n_trials", "difference_mean", "difference_std", "ci95_low",
             "ci95_high", "distinguishable"]
     fmt = lambda v: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else str(v))  # noqa: E731
-    io.write_text(path, "\n".join([",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]) + "\n")
+    layout.write_text(path, "\n".join([",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]) + "\n")
 
 
 # --------------------------------------------------------------------- agreement
@@ -268,12 +247,12 @@ def overlap(order_a: np.ndarray, order_b: np.ndarray, n: int) -> int:
 def agreement_rows(influence: Influence, sizes: Sequence[int]) -> List[dict]:
     """Per trial and pair of scoring methods: rank correlations over all instances and the overlap of
     the n most negative (the instances each would remove) for each removal size 0 < n < N."""
-    methods = sorted((m for m in influence if m != CONTROL), key=method_key)
+    methods = sorted((m for m in influence if not is_control(m)), key=sort_key)
     rows = []
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             for seed in sorted(set(influence[a]) & set(influence[b])):
-                fa, fb = io.read_influence_csv(influence[a][seed]), io.read_influence_csv(influence[b][seed])
+                fa, fb = layout.read_influence_csv(influence[a][seed]), layout.read_influence_csv(influence[b][seed])
                 n_inst = len(fa["index"])
                 if len(fb["index"]) != n_inst or not np.array_equal(np.sort(fa["index"]), np.sort(fb["index"])):
                     warn(f"{a} and {b} seed {seed} score different instances; agreement skipped")
@@ -299,7 +278,7 @@ def write_agreement(path: str, rows: Sequence[dict]) -> None:
     def fmt(v):
         return "" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)
     lines = [",".join(AGREEMENT_COLUMNS)] + [",".join(fmt(r[c]) for c in AGREEMENT_COLUMNS) for r in rows]
-    io.write_text(path, "\n".join(lines) + "\n")
+    layout.write_text(path, "\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------------------ Table 1
@@ -395,7 +374,7 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
             return ""
         return f"{v:.6f}" if key == "float32_vs_paper" else f"{v:.0f}" if isinstance(v, float) else str(v)
     lines = [",".join(TABLE1_COLUMNS)] + [",".join(fmt(c, r[c]) for c in TABLE1_COLUMNS) for r in rows]
-    io.write_text(csv_path, "\n".join(lines) + "\n")
+    layout.write_text(csv_path, "\n".join(lines) + "\n")
 
     cols = {}  # column title -> {cache: cell}
     for r in rows:
@@ -420,13 +399,14 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
     md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |" for cache, label in CACHES]
     md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs. "
            "Percentages: projection vs the paper's Table 1. MB/GB are 10^6/10^9 bytes."]
-    io.write_text(md_path, "\n".join(md) + "\n")
+    layout.write_text(md_path, "\n".join(md) + "\n")
 
 
 # ------------------------------------------------------------------------ figures
 def color(method: str):
     import matplotlib
-    k = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + sum(map(ord, method)) % 6
+    rank, _ = sort_key(method)
+    k = rank if rank < N_RANKED else N_RANKED + sum(map(ord, method)) % 6  # the others: a stable colour each
     return matplotlib.colormaps["tab10"](k % 10)
 
 
@@ -540,21 +520,20 @@ def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: 
 
 def load_train_images(folder: Folder, seed: int):
     """The run's training split for `seed`, loaded exactly as the drivers load it."""
-    from .experiment import args_from_settings, data_for
     return data_for(args_from_settings(folder.settings), seed).train
 
 
 def write_grids(influence: Influence, source: Dict[str, Folder], fig_dir: str) -> List[str]:
     """harmful_/helpful_<method>_seed<k>.png for every scoring method and trial."""
     written = []
-    for method in sorted((m for m in influence if m != CONTROL), key=method_key):
+    for method in sorted((m for m in influence if not is_control(m)), key=sort_key):
         for seed, path in sorted(influence[method].items()):
             try:
                 train = load_train_images(source[method], seed)
             except (UserError, OSError, AttributeError, TypeError) as e:
                 warn(f"image grids skipped: cannot load the training data of {source[method].path} ({e})")
                 return written
-            f = io.read_influence_csv(path)
+            f = layout.read_influence_csv(path)
             if len(f["index"]) and (f["index"].max() >= len(train)
                                     or not np.array_equal(train.ids[f["index"]], f["ids"])
                                     or not np.array_equal(train.y[f["index"]], f["labels"])):
@@ -597,7 +576,7 @@ def gather(paths: Sequence[str]) -> Inputs:
     for r in runs:
         groups.setdefault(r.batch_size, []).append(r)
     scores = {bs: merge_scores([(f.path, collect(f.path)) for f in fs]) for bs, fs in groups.items()}
-    found = {bs: [(f, collect_influence(f.path)) for f in fs] for bs, fs in groups.items()}
+    found = {bs: [(f, layout.influence_files(f.path)) for f in fs] for bs, fs in groups.items()}
     primary = runs[0].batch_size
     source: Dict[str, Folder] = {}
     for f, inf in found[primary]:
@@ -606,7 +585,7 @@ def gather(paths: Sequence[str]) -> Inputs:
     n_train = {}  # the length of an influence file, else the --n-train setting
     for bs, pairs in found.items():
         files = [p for _, inf in pairs for by_seed in inf.values() for p in by_seed.values()]
-        n_train[bs] = len(io.read_removal_order(files[0])) if files else groups[bs][0].settings.get("n_train")
+        n_train[bs] = len(layout.read_removal_order(files[0])) if files else groups[bs][0].settings.get("n_train")
     inputs = Inputs(runs, groups, scores, merge_influence([(f.path, inf) for f, inf in found[primary]]), source,
                     n_train)
     if not any(scores.values()) and not inputs.influence:
@@ -669,7 +648,7 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
     out = out or paths[0]
     rows, written = accuracy_outputs(inp, out)
     if skipped:
-        io.write_text(os.path.join(out, "summary", "skipped.txt"),
+        layout.write_text(os.path.join(out, "summary", "skipped.txt"),
                       "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
     agree, files = agreement_outputs(inp, out)
     written += files
@@ -678,12 +657,12 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
     written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
     if os.path.isdir(os.path.join(paths[0], "noise")):  # --label-noise: how well each order finds flipped labels
         from .noise import write_noise_detection
-        written += write_noise_detection(out, {m: inp.influence[m] for m in sorted(inp.influence, key=method_key)},
+        written += write_noise_detection(out, {m: inp.influence[m] for m in sorted(inp.influence, key=sort_key)},
                                          paths[0], [n for n in removal_sizes(inp) if n > 0])
     if images:
         written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
     if len(paths) > 1 or os.path.abspath(out) != os.path.abspath(paths[0]):  # a merge: record its inputs
-        io.write_json(os.path.join(out, "summary", "inputs.json"),
+        layout.write_json(os.path.join(out, "summary", "inputs.json"),
                       {"folders": [os.path.abspath(p) for p in paths],
                        "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
         written.append("summary/inputs.json")

@@ -15,8 +15,10 @@ import numpy as np
 from datasets import Data
 from models import cnn
 from .graphs import GraphCache, evaluate
-from .params import checkpoint_path, load_checkpoint
-from .step_record import StepRecord, step_record_path
+from .params import load_checkpoint
+from .layout import checkpoint_path
+from .step_record import StepRecord
+from .layout import step_record_path
 from .train import SGD, init_model
 
 

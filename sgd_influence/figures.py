@@ -1,7 +1,7 @@
 """One home for the plotting set-up: a headless pyplot and an atomic PNG save."""
 from __future__ import annotations
 
-from . import io
+from . import layout
 
 
 def pyplot():
@@ -15,6 +15,6 @@ def pyplot():
 
 def save(fig, path: str, dpi: int = 110) -> None:
     """Write `fig` as a PNG to `path` atomically and close it."""
-    with io.atomic_path(path) as tmp:
+    with layout.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     pyplot().close(fig)

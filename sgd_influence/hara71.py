@@ -52,9 +52,9 @@ from tqdm import tqdm
 
 from datasets import default_data_dir
 from models.small import init_values, net
-from . import io
+from . import layout
 from .errors import UserError, run_command
-from .experiment import _HelpFormatter, device, positive_float, positive_int, set_context
+from .settings import HelpFormatter, check_settings, device, positive_float, positive_int, set_context
 from .metrics import kendall_tau_b
 
 # Published settings (experiment/Sec71/train.py, MNIST): "mlp" is the paper's "DNN".
@@ -622,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Ours (theta[T] only) and influence functions against exact leave-one-out retraining "
                     "(all epochs) on a two-class task, 200/200/200 per trial. Writes OUT/validation/hara71.json. "
                     "Defaults are the published settings of the chosen model.",
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--protocol", choices=("hara71",), default="hara71", help="this protocol")
     p.add_argument("--model", choices=tuple(PUBLISHED), required=True,
                    help="logreg: logistic regression; mlp: the paper's DNN (ReLU 8, ReLU 8, no batch norm)")
@@ -685,7 +685,7 @@ def check_cache(out: str, settings: dict, overwrite: bool) -> None:
     import shutil
     if overwrite and os.path.isdir(cache_dir(out)):
         shutil.rmtree(cache_dir(out))
-    io.check_settings(cache_dir(out), settings, out, "hara71 trials", "start afresh")
+    check_settings(cache_dir(out), settings, out, "hara71 trials", "start afresh")
 
 
 def load_trial(path: str) -> dict:
@@ -694,7 +694,7 @@ def load_trial(path: str) -> dict:
 
 
 def save_trial(path: str, res: dict) -> None:
-    with io.atomic_path(path) as tmp:
+    with layout.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in res.items()})
 
@@ -708,7 +708,7 @@ def run(args) -> dict:
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
     check_cache(out, settings, args.overwrite)
-    io.remove_stale_temporaries(cache_dir(out))
+    layout.remove_stale_temporaries(cache_dir(out))
     seeds = list(range(args.trials))
     todo = [s for s in seeds if not os.path.exists(trial_path(out, s))]
     context = set_context(args.device_id)
@@ -730,7 +730,7 @@ def run(args) -> dict:
             res.update(seed=seed, alpha=alpha, C=C if C is not None else np.nan, if_damping=damping)
             save_trial(trial_path(out, seed), res)
     summary = summarize([load_trial(trial_path(out, s)) for s in seeds], settings)
-    io.write_json(os.path.join(out, "validation", "hara71.json"), summary)
+    layout.write_json(os.path.join(out, "validation", "hara71.json"), summary)
     return summary
 
 

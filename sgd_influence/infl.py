@@ -50,8 +50,10 @@ from tqdm import tqdm
 from datasets import Data
 from models import cnn
 from .graphs import RETRACE_GRAPHS, GraphCache, LossGraph, trainable_params, zero_grads
-from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
-from .step_record import StepRecord, step_record_path
+from .params import StepParamsReader, load_checkpoint
+from .layout import checkpoint_path, step_params_path
+from .step_record import StepRecord
+from .layout import step_record_path
 from .train import init_model
 
 RETRACE_METHODS = ("Hara", "Ours")

@@ -46,12 +46,14 @@ import numpy as np
 
 from datasets import Data
 from models import cnn
-from . import figures, io
-from .experiment import run_units
+from . import figures, layout
+from .runner import run_units
 from .graphs import GraphCache, evaluate, trainable_params
 from .metrics import pearson, spearman
-from .params import StepParamsReader, StepParamsWriter, checkpoint_path, load_checkpoint
-from .step_record import StepRecord, step_record_path
+from .params import StepParamsReader, StepParamsWriter, load_checkpoint
+from .layout import checkpoint_path
+from .step_record import StepRecord
+from .layout import step_record_path
 from .train import SGD, init_model
 
 # ----------------------------------------------------------------- subsets
@@ -123,7 +125,7 @@ class PairedReplays:
         Cached: the JSON (written last) marks it done."""
         path = self.baseline_path(r)
         if os.path.exists(path):
-            return float(io.read_json(path)["val_loss"])
+            return float(layout.read_json(path)["val_loss"])
         load_checkpoint(checkpoint_path(self.run_dir, self.record.n_epochs - 1))
         perturb(self.seed, r)
         writer = StepParamsWriter(self.store_path(r))
@@ -132,12 +134,12 @@ class PairedReplays:
             self.sgd.replay(self.record, t)
         writer.close()
         loss = self.val_loss()
-        io.write_json(path, {"replay": r, "val_loss": loss})
+        layout.write_json(path, {"replay": r, "val_loss": loss})
         return loss
 
     def truth(self, removed: np.ndarray, r: int) -> float:
         """L(theta^r_{-S}[T]) - L(theta^r[T]) for S = `removed` (baseline r must exist)."""
-        base = float(io.read_json(self.baseline_path(r))["val_loss"])
+        base = float(layout.read_json(self.baseline_path(r))["val_loss"])
         first = int(self.row[removed].min()) if len(removed) else 0
         StepParamsReader(self.store_path(r)).load(first)  # theta^r[t] of S's first step: all before is equal
         keep = np.ones(len(self.data.train), bool)
@@ -165,7 +167,7 @@ def read_truths(path: str) -> Dict[tuple, float]:
 
 def write_truths(path: str, truths: Dict[tuple, float]) -> None:
     lines = ["subset,replay,truth"] + [f"{s},{r},{v!r}" for (s, r), v in sorted(truths.items())]
-    io.write_text(path, "\n".join(lines) + "\n")
+    layout.write_text(path, "\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------ the units
@@ -180,7 +182,7 @@ def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
             from datasets import load_dataset
             data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         _REPLAYS.clear()
-        _REPLAYS[key] = PairedReplays(data, io.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
+        _REPLAYS[key] = PairedReplays(data, layout.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
                                       args.batch_size, args.seed, net)
     return _REPLAYS[key]
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from datasets import Data
 from .errors import UserError
-from .io import atomic_path, read_removal_order, write_text
+from .layout import atomic_path, noise_path, read_removal_order, write_text
 
 FLIPPED_COLUMNS = ("datasource_index", "x:image", "original_label", "noisy_label")
 
@@ -59,8 +59,6 @@ def with_label_noise(data: Data, fraction: float, seed: int) -> Data:
     return dataclasses.replace(data, train=dataclasses.replace(data.train, y=noisy))
 
 
-def noise_path(out: str, seed: int) -> str:
-    return os.path.join(out, "noise", f"flipped_{seed}.csv")
 
 
 def write_flipped_csv(path: str, noisy: Data, fraction: float, seed: int) -> None:

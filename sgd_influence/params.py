@@ -16,7 +16,7 @@ import numpy as np
 import nnabla as nn
 
 from .errors import UserError
-from .io import atomic_path, write_json
+from .layout import atomic_path, write_json
 
 
 def save_checkpoint(path: str) -> None:
@@ -29,20 +29,15 @@ def load_checkpoint(path: str) -> None:
     nn.load_parameters(path)
 
 
-def checkpoint_path(run_dir: str, epoch: int) -> str:
-    """Parameters after `epoch` epochs (0 = initial)."""
-    return os.path.join(run_dir, f"params_epoch_{epoch}.h5")
 
 
-def step_params_path(run_dir: str, epoch: int) -> str:
-    return os.path.join(run_dir, f"step_params_epoch_{epoch}.f32")
 
 
 class StepParamsWriter:
     """Append theta[t] (all parameters, batch-norm statistics included) per step."""
 
     def __init__(self, path: str):
-        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"  # matches io.TEMP_RE
+        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"  # matches layout.TEMP_RE
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.params = nn.get_parameters(grad_only=False)
         self.file = open(self.tmp, "wb")

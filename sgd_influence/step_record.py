@@ -7,18 +7,14 @@ may be smaller). Retrace and retraining replay training from it exactly.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import List, Tuple
 
 import numpy as np
 
-from .io import atomic_path
+from .layout import atomic_path
 
 
-def step_record_path(run_dir: str) -> str:
-    """Where a run folder keeps its step record (written last: it marks training complete)."""
-    return os.path.join(run_dir, "step_record.npz")
 
 
 @dataclass

@@ -23,9 +23,11 @@ from datasets import Data
 from models import cnn
 from .errors import UserError
 from .graphs import GraphCache, trainable_params
-from .io import write_json, write_text
-from .params import StepParamsWriter, checkpoint_path, save_checkpoint, step_params_path
-from .step_record import StepRecord, epoch_batches, step_record_path
+from .layout import write_json, write_text
+from .params import StepParamsWriter, save_checkpoint
+from .layout import checkpoint_path, step_params_path
+from .step_record import StepRecord, epoch_batches
+from .layout import step_record_path
 
 
 def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> GraphCache:

@@ -36,39 +36,33 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from datasets import DATASETS, Data
+from datasets import DATASETS, Data, load_dataset
+from influence_functions.infl import influence_functions
 from models import cnn
-from . import figures, io, lds
+from . import figures, layout, lds
+from .controls import negated_training_loss, random_key
 from .errors import UserError, run_command
-from .controls import random_key
-from .experiment import METHOD_SETTINGS
 from .graphs import GraphCache, evaluate, trainable_params
 from .infl import load_final_model, retrace, val_gradient
+from .methods import DRIVER_METHODS, METHODS
 from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
-from .params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
-from .step_record import StepRecord, step_record_path
+from .params import StepParamsReader, load_checkpoint
+from .layout import checkpoint_path, step_params_path
+from .settings import (HelpFormatter, build_parser as driver_parser, check_settings, code_version, device,
+                       differences, nonneg_int, positive_float, positive_int, set_context)
+from .step_record import StepRecord
+from .layout import step_record_path
 from .train import SGD, init_model, train
 
-# name -> keyword arguments of infl.retrace; None: not a retrace (estimate() says what it is)
-ESTIMATORS: Dict[str, dict | None] = {
-    "Hara": dict(method="Hara"),
-    "Ours": dict(method="Ours"),
-    "Influence_functions": None,
-    "TracIn_last": dict(method="Ours", retrace_u=False),
-    "Loss": None,
-    "Random": None,
-    "Ours_hu_over_batch": dict(method="Ours", hu_over_batch=True),
-    "Ours_sample_alone": dict(method="Ours", sample_grads_alone=True),
-}
+# The estimators: every method of the table (methods.METHODS), the published variants of Ours included.
+ESTIMATORS = tuple(METHODS)
 # The single-instance check's default estimators (the published code's two variants included).
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
 # LDS: every scoring method the drivers know, and Random (its LDS must come out near 0).
-LDS_DEFAULT = ("Hara", "Ours", "Influence_functions", "TracIn_last", "Loss", "Random")
-# The settings an estimator's scores depend on beyond the training's: the drivers' per-method
-# settings (experiment.METHOD_SETTINGS), and the seed where it draws random numbers.
-ESTIMATOR_SETTINGS = {"Influence_functions": METHOD_SETTINGS["Influence_functions"] + ("seed",),
-                      "Random": ("seed",),
-                      **{m: METHOD_SETTINGS["Hara"] for m, spec in ESTIMATORS.items() if spec is not None}}
+LDS_DEFAULT = DRIVER_METHODS
+# The settings an estimator's scores depend on beyond the training's: its own options, and the
+# seed where it draws random numbers.
+ESTIMATOR_SETTINGS = {n: m.settings + (("seed",) if m.seeded else ()) for n, m in METHODS.items()}
 TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
@@ -90,7 +84,7 @@ def cache_dir(out: str) -> str:
 # ------------------------------------------------------------------- estimates
 def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress: bool) -> np.ndarray:
     """Scores of every training instance by estimator `name` (influence convention of infl.py)."""
-    spec = ESTIMATORS[name]
+    spec = METHODS[name].retrace
     if spec is not None:
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
                        bn_coupling=args.bn_coupling == "on", **spec)
@@ -98,9 +92,7 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
         return random_key(len(data.train), args.seed)
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
     if name == "Loss":
-        from .controls import negated_training_loss
         return negated_training_loss(data, net=net)
-    from influence_functions.infl import influence_functions
     scores, _, _ = influence_functions(data, val_gradient(data, net=net), alpha=args.if_alpha, lr=args.if_lr,
                                        momentum=args.if_momentum, epochs=args.if_epochs,
                                        batch_size=args.batch_size, seed=args.seed,
@@ -119,15 +111,15 @@ def cached_estimate(name: str, data: Data, run_dir: str, args, net: Callable, pr
     path = os.path.join(folder, f"estimate_{name}.npy")
     used = {k: getattr(args, k) for k in ESTIMATOR_SETTINGS.get(name, ())}
     meta = os.path.join(folder, f"estimate_{name}.json")
-    if os.path.exists(path) and (not os.path.exists(meta) or io.read_json(meta) == used):
+    if os.path.exists(path) and (not os.path.exists(meta) or layout.read_json(meta) == used):
         try:
             return np.load(path, allow_pickle=False)
         except ValueError as e:
             raise UserError(f"{path} is corrupt ({e}); delete it and re-run") from None
     scores = estimate(name, data, run_dir, args, net, progress)
-    with io.atomic_path(path) as tmp:
+    with layout.atomic_path(path) as tmp:
         np.save(tmp, scores)
-    io.write_json(meta, used)
+    layout.write_json(meta, used)
     return scores
 
 
@@ -204,7 +196,7 @@ def read_counterfactuals(path: str) -> Dict[int, Tuple[float, float]]:
 
 def write_counterfactuals(path: str, done: Dict[int, Tuple[float, float]]) -> None:
     lines = ["index,true_linear,true_val_loss_change"] + [f"{j},{a!r},{b!r}" for j, (a, b) in sorted(done.items())]
-    io.write_text(path, "\n".join(lines) + "\n")
+    layout.write_text(path, "\n".join(lines) + "\n")
 
 
 def counterfactuals(data: Data, run_dir: str, idx: np.ndarray, args, net: Callable,
@@ -272,7 +264,7 @@ def write_table(path: str, data: Data, idx: np.ndarray, picks: List[str], steps:
     for k, j in enumerate(idx):
         w.writerow([int(j), data.train.ids[j], int(data.train.y[j]), picks[k], int(steps[k])]
                    + [f"{table[c][k]:.9e}" for c in list(TRUTHS) + methods])
-    io.write_text(path, buf.getvalue())
+    layout.write_text(path, buf.getvalue())
 
 
 def plot_scatter(path: str, method: str, table: Dict[str, np.ndarray], picks: np.ndarray, metrics: dict) -> None:
@@ -315,32 +307,31 @@ def prepare_output(args) -> None:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-    io.remove_stale_temporaries(out)
+    layout.remove_stale_temporaries(out)
     vdir = validation_dir(out)
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
-        old = io.read_json(run_json).get("settings", {})
-        diff = [f"{k} {old.get(k)!r} -> {getattr(args, k)!r}" for k in TRAIN_SETTINGS if old.get(k) != getattr(args, k)]
+        old = layout.read_json(run_json).get("settings", {})
+        diff = differences(old, vars(args), TRAIN_SETTINGS)
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
     else:
-        from .experiment import code_version
-        io.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
+        layout.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
                                  "settings": settings_of(args), "code_version": code_version()})
     if args.lds:
         if args.overwrite:
             shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
-        io.check_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, vdir, "an LDS",
+        check_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, vdir, "an LDS",
                           "redo it")
         return
     if args.overwrite:
         shutil.rmtree(cache_dir(out), ignore_errors=True)
-    io.check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it")
+    check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it")
 
 
 def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict) -> str:
     """The run folder of the trial, trained (with Hara's per-step store) unless it exists."""
-    run_dir = io.train_dir(args.output_dir, args.seed)
+    run_dir = layout.train_dir(args.output_dir, args.seed)
     if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
         t0 = time.time()
         train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
@@ -394,7 +385,7 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
                "by_steps_remaining": by_steps,
                "final_step": {k: v for k, v in final.items() if k != "steps_remaining"}, "errors": errors,
                "seconds_this_run": {k: round(v, 1) for k, v in seconds.items()}}
-    io.write_json(os.path.join(vdir, "validation.json"), summary)
+    layout.write_json(os.path.join(vdir, "validation.json"), summary)
     for m in methods:
         plot_scatter(os.path.join(vdir, f"scatter_{m}.png"), m, table, picks, metrics)
     return summary
@@ -428,8 +419,8 @@ def run_lds(args, data: Data, net: Callable = cnn, progress: bool = True) -> dic
                "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
                             "methods": list(args.methods)},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
-    io.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
-    io.write_json(os.path.join(vdir, "lds.json"), summary)
+    layout.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
+    layout.write_json(os.path.join(vdir, "lds.json"), summary)
     for name in args.methods:
         lds.plot_lds(os.path.join(vdir, f"lds_{name}.png"), name, blocks,
                      truths, {p: preds[p][name] for p in fractions})
@@ -501,14 +492,12 @@ def check_args(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiment import (_HelpFormatter, build_parser as driver_parser, device, nonneg_int, positive_float,
-                             positive_int)
     driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
     p = argparse.ArgumentParser(description="Score each estimator against actual retraining of the last epoch: "
                                             "single-instance leave-one-out (default) or group removals (--lds). "
                                             "Hara et al.'s Sec. 7.1 check on small models: --protocol hara71 "
                                             "(see validate_influence.py --protocol hara71 --help).",
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-o", "--output_dir", default="output_validation",
                    help="output folder; a training there with the same settings is reused; results in OUT/validation")
     p.add_argument("-ds", "--dataset", choices=[d for d in DATASETS if d != "csv"], default="fashion_mnist",
@@ -561,8 +550,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv) -> int:
-    from datasets import load_dataset
-    from .experiment import set_context
     args = build_parser().parse_args(argv)
 
     def body() -> None:

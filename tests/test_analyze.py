@@ -8,7 +8,7 @@ import pytest
 
 from datasets import load_dataset
 from sgd_influence import analyze as A
-from sgd_influence import io
+from sgd_influence import layout
 from sgd_influence.metrics import kendall_tau_b, spearman
 
 N_TRAIN, BS, EPOCHS = 40, 16, 2
@@ -43,18 +43,18 @@ def influence_values(method):
 
 def write_folder(out, idx_dir, methods=("Hara", "Ours", "Random"), seeds=(0, 1, 2), acc_shift=0.0, **kw):
     s = settings(idx_dir, **kw)
-    io.write_json(os.path.join(out, "run.json"), {"settings": s})
+    layout.write_json(os.path.join(out, "run.json"), {"settings": s})
     for seed in seeds:
         train = load_dataset("fashion_mnist", seed, idx_dir, N_TRAIN, 8, 8).train
         for m in methods:
             path = os.path.join(out, "influence", m, f"influence_{m.lower()}_{seed}.csv")
-            io.write_influence_csv(path, train.ids, train.y, influence_values(m))
+            layout.write_influence_csv(path, train.ids, train.y, influence_values(m))
             for (mm, n), accs in ACC.items():
                 if mm == (m if m in ("Hara", "Ours", "Random") else "Hara"):
-                    io.write_score_csv(io.score_path(out, m, n, seed),
+                    layout.write_score_csv(layout.score_path(out, m, n, seed),
                                        [(1.0, 1.0, 0.5, 0.1), (0.5, 0.5, 0.7, accs[seed] + acc_shift)])
         steps = math.ceil(N_TRAIN / s["batch_size"])
-        io.write_json(os.path.join(io.train_dir(out, seed), "cache_size.json"),
+        layout.write_json(os.path.join(layout.train_dir(out, seed), "cache_size.json"),
                       {"param_count": 307818, "param_bytes_float32": 1231272, "ours_bytes": 1266184,
                        "hara_bytes": 1231272 * steps, "hara_steps": steps})
     return out
@@ -188,7 +188,7 @@ def test_grids_show_the_run_images_in_removal_order(single, idx_dir, monkeypatch
     shown = []
     monkeypatch.setattr(A, "plot_grid", lambda images, labels, values, path, title, names: shown.append(
         (os.path.basename(path), images, labels, values, names)))
-    A.write_grids({"Hara": {1: io.influence_path(single, "Hara", 1)}}, {"Hara": A.read_folder(single)}, "unused")
+    A.write_grids({"Hara": {1: layout.influence_path(single, "Hara", 1)}}, {"Hara": A.read_folder(single)}, "unused")
     train = load_dataset("fashion_mnist", 1, idx_dir, N_TRAIN, 8, 8).train
     (name_h, img_h, y_h, v_h, names), (name_p, img_p, y_p, v_p, _) = shown
     assert names[0] == "T-shirt" and names[9] == "Boot"  # Fashion-MNIST's classes by label
@@ -203,7 +203,7 @@ def test_grids_show_the_run_images_in_removal_order(single, idx_dir, monkeypatch
 def test_grids_refuse_files_of_other_data(single, tmp_path, capsys):
     path = str(tmp_path / "influence_hara_0.csv")
     ids = np.array([f"other/train/{i:05d}" for i in range(N_TRAIN)])
-    io.write_influence_csv(path, ids, np.zeros(N_TRAIN, np.int64), influence_values("Hara"))
+    layout.write_influence_csv(path, ids, np.zeros(N_TRAIN, np.int64), influence_values("Hara"))
     assert A.write_grids({"Hara": {0: path}}, {"Hara": A.read_folder(single)}, str(tmp_path / "fig")) == []
     assert "does not match the data" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "fig")

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import ROOT
 from datasets import load_dataset
 from datasets.pipeline import resize, resize_matrix, short_edge_size
-from sgd_influence import io
+from sgd_influence import layout
 from sgd_influence.errors import UserError
 
 
@@ -140,8 +140,8 @@ def test_csv_options_belong_to_ds_csv(tmp_path):
 def test_influence_csv_quotes_paths_with_commas(tmp_path):
     ids = np.array(["/data/a,b.png", '/data/say "hi".png', "/data/c.png"])
     path = str(tmp_path / "influence.csv")
-    io.write_influence_csv(path, ids, np.array([1, 2, 3]), np.array([0.5, -1.0, 0.0]))
-    assert io.read_removal_order(path).tolist() == [1, 2, 0]
+    layout.write_influence_csv(path, ids, np.array([1, 2, 3]), np.array([0.5, -1.0, 0.0]))
+    assert layout.read_removal_order(path).tolist() == [1, 2, 0]
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     assert [r[0] for r in rows[1:]] == [ids[1], ids[2], ids[0]] and rows[1][1] == "2"

@@ -77,12 +77,12 @@ def test_corrupt_data_file(tmp_path, idx_dir):
 
 def test_disk_full_is_one_line_and_keeps_results(out_with_result, idx_dir, monkeypatch, capsys):
     import errno
-    from sgd_influence import experiment, io
+    from sgd_influence import experiment, layout
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr(io, "write_text", full)
+    monkeypatch.setattr(layout, "write_text", full)
     rc = experiment.main(["-o", out_with_result[0], "-ds", "fashion_mnist", "--data-dir", idx_dir] + SIZES,
                          "test", "out", ("Random",))
     err = capsys.readouterr().err

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BN
-from sgd_influence import experiment
+from sgd_influence import settings
 from sgd_influence.errors import UserError
-from sgd_influence.experiment import set_context
+from sgd_influence.settings import set_context
 
 
 def test_cpu_on_request_and_bad_ids_refused(capsys):
@@ -15,7 +15,7 @@ def test_cpu_on_request_and_bad_ids_refused(capsys):
     assert set_context("0") in ("cpu", "cudnn")
     set_context("cpu")
     with pytest.raises(SystemExit) as e:
-        experiment.build_parser("", "", ()).parse_args(["-di", "gpu0"])
+        settings.build_parser("", "", ()).parse_args(["-di", "gpu0"])
     assert e.value.code == 2
     assert "must be a GPU id (0, 1, ...) or cpu" in capsys.readouterr().err
 
@@ -31,7 +31,7 @@ def test_unusable_gpu_is_one_clear_error(monkeypatch):
         return real(name, **kw)
 
     real = nnabla.ext_utils.get_extension_context
-    monkeypatch.setattr(experiment, "cuda_installed", lambda: True)
+    monkeypatch.setattr(settings, "cuda_installed", lambda: True)
     monkeypatch.setattr(nnabla.ext_utils, "get_extension_context", no_device)
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     with pytest.raises(UserError) as e:
@@ -44,7 +44,7 @@ def test_unusable_gpu_is_one_clear_error(monkeypatch):
 
 
 def cudnn_available() -> bool:
-    if not experiment.cuda_installed():
+    if not settings.cuda_installed():
         return False
     try:
         set_context("0")

@@ -15,8 +15,10 @@ from sgd_influence.graphs import BranchRecorder, BranchReplayer, FDRetraceGraph,
 from sgd_influence.infl import retrace, val_gradient
 from sgd_influence.errors import UserError
 from sgd_influence.metrics import spearman
-from sgd_influence.params import StepParamsReader, checkpoint_path, load_checkpoint, step_params_path
-from sgd_influence.step_record import StepRecord, step_record_path
+from sgd_influence.params import StepParamsReader, load_checkpoint
+from sgd_influence.layout import checkpoint_path, step_params_path
+from sgd_influence.step_record import StepRecord
+from sgd_influence.layout import step_record_path
 from sgd_influence.train import SGD, init_model, train
 
 
@@ -276,7 +278,7 @@ def test_finite_difference_retrace_ranks_like_exact(data, tmp_path, method):
 
 
 def test_cli_retrace_choices_are_the_implemented_modes():
-    from sgd_influence.experiment import build_parser
+    from sgd_influence.settings import build_parser
     from sgd_influence.infl import RETRACE_MODES
     action = next(a for a in build_parser("", "out", ["Hara"])._actions if a.dest == "retrace")
     assert set(action.choices) == set(RETRACE_MODES) and action.default == "fd"
@@ -286,12 +288,13 @@ def test_bn_coupling_option_reaches_the_retrace(data, tmp_path, monkeypatch):
     """--bn-coupling on|off (default on) becomes retrace(bn_coupling=...) in the drivers and in
     validate_influence, and is a per-method setting like --retrace."""
     import inspect
-    from sgd_influence import experiment, infl, validate
+    from sgd_influence import experiment, settings, validate
     seen = []
-    monkeypatch.setattr(infl, "retrace", lambda *a, **k: seen.append(k["bn_coupling"]) or np.zeros(len(data.train)))
+    fake = lambda *a, **k: seen.append(k["bn_coupling"]) or np.zeros(len(data.train))  # noqa: E731
+    monkeypatch.setattr(experiment, "retrace", fake)
     monkeypatch.setattr(experiment, "data_for", lambda args, seed: data)
-    monkeypatch.setattr(validate, "retrace", infl.retrace)
-    parser = experiment.build_parser("", "out", ["Hara"])
+    monkeypatch.setattr(validate, "retrace", fake)
+    parser = settings.build_parser("", "out", ["Hara"])
     assert parser.get_default("bn_coupling") == "on"
     assert inspect.signature(retrace).parameters["bn_coupling"].default is True  # the unpatched one
     for value in ("on", "off"):
@@ -301,7 +304,7 @@ def test_bn_coupling_option_reaches_the_retrace(data, tmp_path, monkeypatch):
         validate.estimate("Hara", data, str(tmp_path), vargs, TINY, progress=False)
     assert seen == [True, True, False, False]
     assert validate.build_parser().get_default("bn_coupling") == "on"
-    assert all("bn_coupling" in experiment.METHOD_SETTINGS[m] for m in ("Hara", "Ours", "TracIn_last"))
+    assert all("bn_coupling" in settings.METHOD_SETTINGS[m] for m in ("Hara", "Ours", "TracIn_last"))
     assert "bn_coupling" in validate.VALIDATION_SETTINGS
 
 
@@ -331,14 +334,15 @@ def test_pinned_max_pool_on_odd_sizes():
 def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_path):
     """--retrace changes Hara/Ours/TracIn_last scores only: a folder without them takes the
     new value (the training is reused); with them, the change is refused and named."""
-    from sgd_influence import io
+    from sgd_influence import layout
     from sgd_influence.errors import UserError
-    from sgd_influence.experiment import build_parser, check_or_reset_output
+    from sgd_influence.experiment import check_or_reset_output
+    from sgd_influence.settings import build_parser
     out = str(tmp_path / "out")
     parser = build_parser("", "out", ["Hara", "Ours", "Random"])
     old = parser.parse_args(["-o", out, "--retrace", "exact"])
     os.makedirs(os.path.join(out, "influence", "Random"))
-    io.write_json(os.path.join(out, "run.json"), {"settings": vars(old)})
+    layout.write_json(os.path.join(out, "run.json"), {"settings": vars(old)})
     new = parser.parse_args(["-o", out])
     check_or_reset_output(new)  # only Random has results: allowed
     os.makedirs(os.path.join(out, "influence", "Ours"))
@@ -351,14 +355,15 @@ def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_pat
 def test_results_from_before_bn_coupling_count_as_off(tmp_path):
     """A folder whose run.json predates --bn-coupling holds scores made without the coupling:
     resuming it with the default (on) is refused once retrace results exist; off resumes."""
-    from sgd_influence import io
+    from sgd_influence import layout
     from sgd_influence.errors import UserError
-    from sgd_influence.experiment import build_parser, check_or_reset_output
+    from sgd_influence.experiment import check_or_reset_output
+    from sgd_influence.settings import build_parser
     out = str(tmp_path / "out")
     parser = build_parser("", "out", ["Hara", "Ours", "Random"])
     settings = vars(parser.parse_args(["-o", out]))
     del settings["bn_coupling"]
-    io.write_json(os.path.join(out, "run.json"), {"settings": settings})
+    layout.write_json(os.path.join(out, "run.json"), {"settings": settings})
     check_or_reset_output(parser.parse_args(["-o", out]))  # no retrace results yet: allowed
     os.makedirs(os.path.join(out, "influence", "Hara"))
     open(os.path.join(out, "influence", "Hara", "influence_hara_0.csv"), "w").close()

@@ -24,13 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import load_dataset  # noqa: E402
 from models import cnn  # noqa: E402
-from sgd_influence import io  # noqa: E402
-from sgd_influence.experiment import set_context  # noqa: E402
+from sgd_influence import layout  # noqa: E402
+from sgd_influence.settings import set_context  # noqa: E402
 from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
                                   RetraceGraph, trainable_params, zero_grads)
 from sgd_influence.metrics import spearman  # noqa: E402
-from sgd_influence.params import step_params_path  # noqa: E402
-from sgd_influence.step_record import step_record_path  # noqa: E402
+from sgd_influence.layout import step_params_path  # noqa: E402
+from sgd_influence.layout import step_record_path  # noqa: E402
 from sgd_influence.train import train  # noqa: E402
 from sgd_influence.validate import Counterfactuals, build_parser, prepare_output  # noqa: E402
 
@@ -67,7 +67,7 @@ def main(argv) -> None:
     set_context(args.device_id)
     data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
     prepare_output(args)
-    run_dir = io.train_dir(args.output_dir, args.seed)
+    run_dir = layout.train_dir(args.output_dir, args.seed)
     if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
         train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
               progress=True, augment=not args.no_augment)

@@ -21,8 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import load_dataset  # noqa: E402
-from sgd_influence import io  # noqa: E402
-from sgd_influence.experiment import set_context  # noqa: E402
+from sgd_influence import layout  # noqa: E402
+from sgd_influence.settings import set_context  # noqa: E402
 from sgd_influence.graphs import trainable_params  # noqa: E402
 from sgd_influence.validate import Counterfactuals, flat_trainable  # noqa: E402
 
@@ -36,7 +36,7 @@ def main() -> None:
         s = json.load(f)
     set_context("0")
     data = load_dataset(s["dataset"], a.seed, None, s["n_train"], s["n_val"], 1)
-    cf = Counterfactuals(data, io.train_dir(a.out, a.seed), s["batch_size"])
+    cf = Counterfactuals(data, layout.train_dir(a.out, a.seed), s["batch_size"])
     keep = np.ones(len(data.train), bool)
 
     # 1) half-ulp noise at the start of the last epoch.

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import json
 import os
 import re
 from io import StringIO
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from .errors import UserError
+from .methods import stem
 
-METHOD_FILE = {"Hara": "hara", "Ours": "ours", "Random": "random",
-               "Influence_functions": "influence_functions", "TracIn_last": "tracin_last", "Loss": "loss"}
 
 
 @contextlib.contextmanager
@@ -61,30 +62,70 @@ def read_json(path: str):
         raise UserError(f"{path} is corrupt ({e}); delete it (or use --overwrite) and re-run") from None
 
 
-def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str) -> None:
-    """Reuse the results in `folder` only under the settings they were made with: compare with its
-    settings.json (one error line naming each difference), or record `settings` there."""
-    path = os.path.join(folder, "settings.json")
-    if not os.path.exists(path):
-        write_json(path, settings)
-        return
-    old = read_json(path)
-    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
-    if diff:
-        raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
-                        f"use another -o, or --overwrite to {fix}")
-
-
 def train_dir(out: str, seed: int) -> str:
     return os.path.join(out, "train", f"seed_{seed}")
 
 
 def influence_path(out: str, method: str, seed: int) -> str:
-    return os.path.join(out, "influence", method, f"influence_{METHOD_FILE[method]}_{seed}.csv")
+    return os.path.join(out, "influence", method, f"influence_{stem(method)}_{seed}.csv")
 
 
 def score_path(out: str, method: str, n: int, seed: int) -> str:
     return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}.csv")
+
+
+def checkpoint_path(run_dir: str, epoch: int) -> str:
+    """Parameters after `epoch` epochs (0 = initial)."""
+    return os.path.join(run_dir, f"params_epoch_{epoch}.h5")
+
+
+def step_params_path(run_dir: str, epoch: int) -> str:
+    return os.path.join(run_dir, f"step_params_epoch_{epoch}.f32")
+
+
+def step_record_path(run_dir: str) -> str:
+    """Where a run folder keeps its step record (written last: it marks training complete)."""
+    return os.path.join(run_dir, "step_record.npz")
+
+
+def noise_path(out: str, seed: int) -> str:
+    return os.path.join(out, "noise", f"flipped_{seed}.csv")
+
+
+def solver_trace_path(out: str, seed: int) -> str:
+    return os.path.join(out, "influence", "Influence_functions", f"solver_trace_{seed}.csv")
+
+
+def solver_figure_path(out: str, seed: int) -> str:
+    return os.path.join(out, "fig", f"if_solver_seed{seed}.png")
+
+
+SCORE_RE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)\.csv$")
+INFLUENCE_RE = re.compile(r"influence_.+_(\d+)\.csv$")
+
+
+def score_files(out: str) -> List[Tuple[str, int, int, str]]:
+    """(method, n removed, seed, path) of every score CSV in `out`, sorted by path."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(out, "score", "*", "score_delete_worst_*_seed_*.csv"))):
+        m = SCORE_RE.search(path)
+        found.append((os.path.basename(os.path.dirname(path)), int(m.group(1)), int(m.group(2)), path))
+    return found
+
+
+def influence_files(out: str) -> Dict[str, Dict[int, str]]:
+    """{method: {seed: influence CSV path}} of `out`."""
+    found: Dict[str, Dict[int, str]] = {}
+    for path in sorted(glob.glob(os.path.join(out, "influence", "*", "influence_*_*.csv"))):
+        m = INFLUENCE_RE.search(os.path.basename(path))
+        if m:
+            found.setdefault(os.path.basename(os.path.dirname(path)), {})[int(m.group(1))] = path
+    return found
+
+
+def has_results(out: str, method: str) -> bool:
+    """Whether `out` holds any influence or score file of `method`."""
+    return any(glob.glob(os.path.join(out, part, method, "*")) for part in ("influence", "score"))
 
 
 def write_influence_csv(path: str, ids: np.ndarray, labels: np.ndarray, influence: np.ndarray) -> None:

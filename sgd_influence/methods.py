@@ -1,0 +1,71 @@
+"""The methods: one table, pure data, at the bottom of the import graph.
+
+A method turns a training run into one score per training instance (the
+`influence` column of OUT/influence/<Method>/influence_<stem>_<seed>.csv; most
+negative = most harmful, removed first). Everything else that depends on the
+method's name (file names, plot order, which phases it needs, which options its
+results depend on, how validate_influence.py computes it) is looked up here.
+`experiment.METHOD_UNITS` maps the driver methods to the functions that run them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+# Options that change the scores of every retrace-based method, and of influence functions.
+RETRACE_SETTINGS = ("retrace", "bn_coupling")
+IF_SETTINGS = ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    stem: str  # influence_<stem>_<seed>.csv
+    retrace: Optional[Dict[str, object]] = None  # keyword arguments of infl.retrace; None: not a retrace
+    settings: Tuple[str, ...] = ()  # options its scores depend on beyond the training's
+    seeded: bool = False  # draws random numbers with the trial seed
+    control: bool = False  # a random sort key: no agreement, no harmful/helpful grids
+    driver: bool = True  # the drivers can run it (False: an ablation of validate_influence.py only)
+    plot_rank: Optional[int] = None  # position in tables and figures; None: after the ranked, alphabetically
+
+    @property
+    def step_params(self) -> bool:
+        """Needs the per-step parameter store theta[t] of the last epoch (Hara's storage)."""
+        return bool(self.retrace) and self.retrace.get("method") == "Hara"
+
+
+METHODS: Dict[str, Method] = {m.name: m for m in (
+    Method("Hara", "hara", retrace=dict(method="Hara"), settings=RETRACE_SETTINGS, plot_rank=0),
+    Method("Ours", "ours", retrace=dict(method="Ours"), settings=RETRACE_SETTINGS, plot_rank=1),
+    Method("Influence_functions", "influence_functions", settings=IF_SETTINGS, seeded=True, plot_rank=2),
+    Method("TracIn_last", "tracin_last", retrace=dict(method="Ours", retrace_u=False), settings=RETRACE_SETTINGS),
+    Method("Loss", "loss"),
+    Method("Random", "random", seeded=True, control=True, plot_rank=3),
+    # The published code's two variants of Ours, for the single-instance check only (infl.retrace).
+    Method("Ours_hu_over_batch", "ours_hu_over_batch", retrace=dict(method="Ours", hu_over_batch=True),
+           settings=RETRACE_SETTINGS, driver=False),
+    Method("Ours_sample_alone", "ours_sample_alone", retrace=dict(method="Ours", sample_grads_alone=True),
+           settings=RETRACE_SETTINGS, driver=False),
+)}
+DRIVER_METHODS = tuple(n for n, m in METHODS.items() if m.driver)
+CONTROL = "Random"  # the baseline of the paired differences (analyze)
+N_RANKED = sum(m.plot_rank is not None for m in METHODS.values())
+
+
+def stem(name: str) -> str:
+    return METHODS[name].stem
+
+
+def sort_key(name: str) -> tuple:
+    """Tables and figures: the ranked methods first, then the rest (also unknown names) alphabetically."""
+    m = METHODS.get(name)
+    return (m.plot_rank if m is not None and m.plot_rank is not None else N_RANKED), name
+
+
+def is_control(name: str) -> bool:
+    return name in METHODS and METHODS[name].control
+
+
+def needs_step_params(names) -> bool:
+    """Whether training must keep the last epoch's per-step parameters for these methods."""
+    return any(METHODS[n].step_params for n in names)

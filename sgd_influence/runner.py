@@ -1,0 +1,42 @@
+"""Running independent units: in this process, or in a pool of worker processes.
+
+A unit is a tuple (fn, *rest); running it calls fn(args, *rest, progress=...). Every unit
+writes its own output file atomically, so the caller decides what is left to do by which
+files exist, and a unit's result does not depend on where or beside what it ran.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, List, Optional
+
+from tqdm import tqdm
+
+from .settings import set_context
+
+def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable] = None, progress: bool = True,
+              **inline) -> None:
+    """Run fn(args, *rest) for every unit (fn, *rest), in-process or in a process pool of
+    args.workers; on_result(unit, value), if given, in this process as each unit finishes.
+    `inline` keyword arguments go to in-process calls only (workers build theirs from args)."""
+    if not units:
+        return
+    if args.workers == 1 or len(units) == 1:
+        for u in tqdm(units, desc=desc, unit="unit", disable=not progress or len(units) == 1):
+            value = u[0](args, *u[1:], progress=progress, **inline)
+            if on_result:
+                on_result(u, value)
+        return
+    ctx = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
+                               initializer=set_context, initargs=(args.device_id,))
+    try:
+        futures = {pool.submit(u[0], args, *u[1:], progress=False): u for u in units}
+        for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit", disable=not progress):
+            value = f.result()
+            if on_result:
+                on_result(futures[f], value)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # drop queued units; running ones finish cleanly
+        raise
+    pool.shutdown()

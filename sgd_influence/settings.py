@@ -1,0 +1,232 @@
+"""Settings: the options shared by the drivers, validate_influence.py and the benchmark,
+their validators, the nnabla context, the comparison of saved settings, and the data of a
+settings dict.
+
+A run's result settings are saved in OUT/run.json; a folder's results are resumed or merged
+only under the same values (`differences`). Options added after a run was made count at the
+value they had before they existed (`PREDATING_VALUES`).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import os
+import subprocess
+from typing import Iterable, List, Sequence
+
+import numpy as np
+import nnabla as nn
+import nnabla.functions as F
+from nnabla.ext_utils import get_extension_context
+
+from datasets import DATASETS, load_dataset
+from . import layout
+from .errors import UserError
+from .methods import DRIVER_METHODS, METHODS
+from .noise import with_label_noise
+
+DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
+
+
+# ----------------------------------------------------------------------------- options
+def positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    v = float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+    return v
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the ones that mean 'not set'."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def device(text: str) -> str:
+    """-di: a GPU id (0, 1, ...) or `cpu`."""
+    if text.lower() == "cpu" or text.isdigit():
+        return text.lower()
+    raise argparse.ArgumentTypeError(f"must be a GPU id (0, 1, ...) or cpu, got {text}")
+
+
+def build_parser(description: str, default_out: str, default_methods: Sequence[str]) -> argparse.ArgumentParser:
+    """The options of both drivers; they differ only in the default output folder and methods."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p.add_argument("-o", "--output_dir", default=default_out, help="output folder (created; resumed if it exists)")
+    p.add_argument("-e", "--n_epochs", type=positive_int, default=20, help="training epochs")
+    p.add_argument("-nt", "--n_trials", type=positive_int, default=6, help="trials, seeded 0..nt-1")
+    p.add_argument("-r", "--remove_n_list", type=nonneg_int, nargs="+", default=DEFAULT_REMOVE,
+                   help="numbers of most negative instances to remove (sizes >= the training set are skipped)")
+    p.add_argument("-ds", "--dataset", choices=DATASETS, default="cifar10", help="dataset")
+    p.add_argument("-di", "--device-id", type=device, default="0",
+                   help="GPU id when nnabla-ext-cuda is installed, or cpu (CPU always without the extension)")
+    p.add_argument("-ra", "--retrain_all", action="store_true",
+                   help="retrain every epoch from the initial parameters instead of only the last epoch")
+    p.add_argument("-bs", "--batch-size", type=positive_int, default=64, help="SGD mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
+    p.add_argument("--n-train", type=positive_int, default=None, help="first N training instances after the split (default: all)")
+    p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
+    p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
+    # Users' own data: Neural Network Console dataset CSVs (stored as absolute paths in run.json).
+    p.add_argument("--train-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: training CSV (header x:image,y:label; image paths relative to the CSV's folder)")
+    p.add_argument("--val-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: validation CSV (default: 10%% of --train-csv, drawn with the trial seed)")
+    p.add_argument("--test-csv", type=os.path.abspath, default=None, help="-ds csv: test CSV")
+    p.add_argument("--methods", nargs="+", choices=list(DRIVER_METHODS), default=list(default_methods),
+                   metavar="METHOD", help=f"methods to run, any of {' '.join(DRIVER_METHODS)} "
+                                          f"(one training serves them all)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without random crop and flip (the published code augments)")
+    p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
+                   help="flip the labels of round(P * n_train) training instances to another random class "
+                        "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
+    p.add_argument("--retrace", choices=("fd", "exact"), default="fd",  # = graphs.RETRACE_GRAPHS
+                   help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
+                        "products: central differences on the network pinned to its ReLU/max-pool branches "
+                        "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
+    p.add_argument("--bn-coupling", choices=("on", "off"), default="on",
+                   help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
+                        "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
+                        "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete this tool's results in the output folder and start afresh")
+    g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "
+                             "by SGD with momentum")
+    # The published code uses alpha 10 on CIFAR-10 and 0.1 elsewhere; 0.1 and 1 diverged on the
+    # Fashion-MNIST demo model (README "The influence-functions driver"), so 10 everywhere.
+    g.add_argument("--if-alpha", type=positive_float, default=10.0,
+                   help="damping alpha (published: 10 on cifar10, 0.1 otherwise; 0.1 diverges, see README)")
+    g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")
+    g.add_argument("--if-momentum", type=float, default=0.9, help="solver heavy-ball momentum")
+    g.add_argument("--if-epochs", type=positive_int, default=2, help="solver epochs over the training set")
+    g.add_argument("--if-last-iterate", action="store_true",
+                   help="use the solver's last iterate (as published) instead of the mean over its second half")
+    return p
+
+
+# ----------------------------------------------------------------------------- context
+def cuda_installed() -> bool:
+    return importlib.util.find_spec("nnabla_ext.cuda") is not None
+
+
+# Set before the CUDA context exists (both are read once, when it is created):
+# deterministic cuDNN algorithms, and no TF32 -- on Ampere/Hopper cuDNN may round float32
+# convolution operands to TF32 (about 4.9e-4 relative), coarser than the fd retrace's step
+# (3e-4 of |theta|), which would make its central differences noise.
+GPU_ENVIRONMENT = {"NNABLA_CUDNN_DETERMINISTIC": "1", "NVIDIA_TF32_OVERRIDE": "0"}
+
+
+def set_context(device_id: str) -> str:
+    """cudnn on GPU `device_id` when nnabla-ext-cuda is installed and `device_id` is not
+    "cpu"; else the CPU (as the published code). A GPU that cannot be used is one clear error."""
+    device_id = str(device_id)
+    if device_id == "cpu" or not cuda_installed():
+        nn.set_default_context(get_extension_context("cpu"))
+        return "cpu"
+    for k, v in GPU_ENVIRONMENT.items():
+        os.environ.setdefault(k, v)
+    try:
+        nn.set_default_context(get_extension_context("cudnn", device_id=device_id))
+        probe = nn.Variable.from_numpy_array(np.ones(2, np.float32))
+        out = F.add_scalar(probe, 1.0)
+        out.forward()
+        float(out.d[0])
+    except Exception as e:  # the extension's errors have no common type
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"GPU {device_id} cannot be used ({why}); run on the CPU with -di cpu, "
+                        f"or give a GPU id that exists (nvidia-smi -L lists them)") from None
+    return "cudnn"
+
+
+# ----------------------------------------------------------------------------- saved settings
+# Settings that change results: a folder's results are only resumed under the same values.
+RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
+                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise")
+# Settings that change one method's results only: changing them is refused only once that
+# method has results in the folder (so a diverged solve can be re-run without retraining).
+METHOD_SETTINGS = {n: m.settings for n, m in METHODS.items() if m.driver and m.settings}
+# Options whose default changed the results when they were added: a run that predates one
+# was made with this value, not with the current default.
+PREDATING_VALUES = {"bn_coupling": "off"}
+
+
+def args_from_settings(settings: dict) -> argparse.Namespace:
+    """The arguments a run was made with, from its run.json settings; options the run
+    predates take their current defaults (or their `PREDATING_VALUES`)."""
+    args = build_parser("", "", ()).parse_args([])
+    vars(args).update(PREDATING_VALUES)
+    vars(args).update(settings)
+    return args
+
+
+def differences(old: dict, new: dict, keys: Iterable[str], sep: str = "->") -> List[str]:
+    """`key old -> new` for every key whose values differ: the one comparison of saved settings
+    (resuming a run, reusing a validation cache or a training, merging folders)."""
+    return [f"{k} {old.get(k)!r} {sep} {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str) -> None:
+    """Reuse the results in `folder` only under the settings they were made with: compare with its
+    settings.json (one error line naming each difference), or record `settings` there."""
+    path = os.path.join(folder, "settings.json")
+    if not os.path.exists(path):
+        layout.write_json(path, settings)
+        return
+    diff = differences(layout.read_json(path), settings, settings)
+    if diff:
+        raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
+                        f"use another -o, or --overwrite to {fix}")
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with '+dirty' for local changes), or 'unknown'."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + ("+dirty" if dirty else "")) or "unknown"
+
+
+# ----------------------------------------------------------------------------- data
+@functools.lru_cache(maxsize=2)
+def get_data(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv, label_noise=None):
+    """The trial's data; with `label_noise` its training labels flipped (every phase sees the same)."""
+    data = load_dataset(dataset, seed, data_dir, n_train, n_val, n_test, train_csv, val_csv, test_csv)
+    return with_label_noise(data, label_noise, seed) if label_noise else data
+
+
+def data_for(args, seed: int):
+    return get_data(args.dataset, seed, args.data_dir, args.n_train, args.n_val, args.n_test,
+                    args.train_csv, args.val_csv, args.test_csv, args.label_noise)
