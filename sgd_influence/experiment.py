@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import DATASETS, load_dataset
-from . import io
+from . import io, network
 from .errors import UserError, run_command
 
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
@@ -108,6 +108,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
                         "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
+    network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
@@ -240,7 +241,7 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
     from .train import train
     train(data_for(args, seed), io.train_dir(args.output_dir, seed), seed, args.n_epochs,
           args.batch_size, args.lr, keep_step_params="Hara" in args.methods, progress=progress,
-          augment=not args.no_augment)
+          net=network.from_args(args), augment=not args.no_augment)
 
 
 # Retrace-based methods: (parameters the retrace uses, whether u is retraced).
@@ -252,7 +253,7 @@ def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     data = data_for(args, seed)
     params, retrace_u = RETRACES[method]
     influence = retrace(data, io.train_dir(args.output_dir, seed), params, args.batch_size, progress,
-                        retrace_u=retrace_u, mode=args.retrace, bn_coupling=args.bn_coupling == "on")
+                        network.from_args(args), retrace_u=retrace_u, mode=args.retrace, bn_coupling=args.bn_coupling == "on")
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, influence)
 
@@ -269,21 +270,22 @@ def loss_unit(args, method: str, seed: int, progress: bool = True) -> None:
     """Control: the negated training loss at theta[T] (highest loss removed first), see controls.py."""
     from .controls import negated_training_loss
     from .infl import load_final_model
-    data = data_for(args, seed)
-    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    data, net = data_for(args, seed), network.from_args(args)
+    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size, net)
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),
-                           data.train.ids, data.train.y, negated_training_loss(data))
+                           data.train.ids, data.train.y, negated_training_loss(data, net=net))
 
 
 def influence_functions_unit(args, method: str, seed: int, progress: bool = True) -> None:
     from influence_functions.infl import influence_functions
     from influence_functions.report import write_solver_summary, write_solver_trace
     from .infl import load_final_model, val_gradient
-    data = data_for(args, seed)
-    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    data, net = data_for(args, seed), network.from_args(args)
+    load_final_model(data, io.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size, net)
     settings = dict(alpha=args.if_alpha, lr=args.if_lr, momentum=args.if_momentum, epochs=args.if_epochs,
                     batch_size=args.batch_size, seed=seed, average=not args.if_last_iterate)
-    influence, trace, check = influence_functions(data, val_gradient(data), progress=progress, **settings)
+    influence, trace, check = influence_functions(data, val_gradient(data, net=net), progress=progress, net=net,
+                                                  **settings)
     write_solver_trace(args.output_dir, seed, trace)
     write_solver_summary(args.output_dir, seed, settings, check)
     io.write_influence_csv(io.influence_path(args.output_dir, method, seed),  # last: marks the unit done
@@ -300,7 +302,8 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
     from .eval import retrain
     data = data_for(args, seed)
     removed = io.read_removal_order(io.influence_path(args.output_dir, methods[0], seed))[:n] if n else []
-    rows = retrain(data, io.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size)
+    rows = retrain(data, io.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size,
+                   network.from_args(args))
     for m in methods:
         io.write_score_csv(io.score_path(args.output_dir, m, n, seed), rows)
 
@@ -317,7 +320,7 @@ def write_flipped(args, seeds: Sequence[int]) -> None:
 # ------------------------------------------------------------------------ driver
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise")
+                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise", *network.SETTING_DEFAULTS)
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
 METHOD_SETTINGS = {"Influence_functions": ("if_alpha", "if_lr", "if_momentum", "if_epochs", "if_last_iterate"),
@@ -391,6 +394,9 @@ def run_experiment(args) -> None:
     if skipped:
         print(f"warning: skipping removal sizes >= the training set ({n_train}): {skipped}", file=sys.stderr)
     sizes = [n for n in sizes if n < n_train]
+    retraces = any(m in RETRACES for m in args.methods)
+    network.from_args(args).check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
+                                  coupling=retraces and args.bn_coupling == "on")
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:

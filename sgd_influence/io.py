@@ -8,6 +8,7 @@ import json
 import os
 import re
 from io import StringIO
+from typing import Optional
 
 import numpy as np
 
@@ -61,15 +62,19 @@ def read_json(path: str):
         raise UserError(f"{path} is corrupt ({e}); delete it (or use --overwrite) and re-run") from None
 
 
-def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str) -> None:
+def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str,
+                   defaults: Optional[dict] = None) -> None:
     """Reuse the results in `folder` only under the settings they were made with: compare with its
-    settings.json (one error line naming each difference), or record `settings` there."""
+    settings.json (one error line naming each difference; a setting it predates counts at its value
+    in `defaults`), or record `settings` there."""
     path = os.path.join(folder, "settings.json")
     if not os.path.exists(path):
         write_json(path, settings)
         return
     old = read_json(path)
-    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    defaults = defaults or {}
+    diff = [f"{k} {old.get(k, defaults.get(k))!r} -> {v!r}" for k, v in settings.items()
+            if old.get(k, defaults.get(k)) != v]
     if diff:
         raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to {fix}")

@@ -46,7 +46,7 @@ import numpy as np
 
 from datasets import Data
 from models import cnn
-from . import figures, io
+from . import figures, io, network
 from .experiment import run_units
 from .graphs import GraphCache, evaluate, trainable_params
 from .metrics import pearson, spearman
@@ -172,8 +172,8 @@ def write_truths(path: str, truths: Dict[tuple, float]) -> None:
 _REPLAYS: Dict[tuple, PairedReplays] = {}
 
 
-def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
-    """One PairedReplays per process (worker processes load the data themselves)."""
+def _replays(args, data: Optional[Data], net: Optional[Callable]) -> PairedReplays:
+    """One PairedReplays per process (worker processes load the data and the network themselves)."""
     key = (args.output_dir, args.seed)
     if key not in _REPLAYS:
         if data is None:
@@ -181,15 +181,16 @@ def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
             data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         _REPLAYS.clear()
         _REPLAYS[key] = PairedReplays(data, io.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
-                                      args.batch_size, args.seed, net)
+                                      args.batch_size, args.seed, net or network.from_args(args))
     return _REPLAYS[key]
 
 
-def baseline_unit(args, r: int, data: Optional[Data] = None, net: Callable = cnn, progress: bool = False) -> float:
+def baseline_unit(args, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
+                  progress: bool = False) -> float:
     return _replays(args, data, net).baseline(r)
 
 
-def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Callable = cnn,
+def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
                progress: bool = False) -> float:
     rep = _replays(args, data, net)
     return rep.truth(subset(len(rep.data.train), fraction, s, args.seed), r)

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from datasets import DATASETS, Data
 from models import cnn
-from . import figures, io, lds
+from . import figures, io, lds, network
 from .errors import UserError, run_command
 from .controls import random_key
 from .experiment import METHOD_SETTINGS
@@ -73,7 +73,7 @@ TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
 # Settings that determine the training; a training in -o is reused only when they match.
-TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment")
+TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", *network.SETTING_DEFAULTS)
 # Settings of the validation itself (its cache is reused only when they match).
 VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
@@ -320,7 +320,8 @@ def prepare_output(args) -> None:
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
         old = io.read_json(run_json).get("settings", {})
-        diff = [f"{k} {old.get(k)!r} -> {getattr(args, k)!r}" for k in TRAIN_SETTINGS if old.get(k) != getattr(args, k)]
+        old = {k: old.get(k, network.SETTING_DEFAULTS.get(k)) for k in TRAIN_SETTINGS}  # a run predating --net
+        diff = [f"{k} {old[k]!r} -> {getattr(args, k)!r}" for k in TRAIN_SETTINGS if old[k] != getattr(args, k)]
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
     else:
@@ -331,11 +332,11 @@ def prepare_output(args) -> None:
         if args.overwrite:
             shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
         io.check_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, vdir, "an LDS",
-                          "redo it")
+                          "redo it", network.SETTING_DEFAULTS)
         return
     if args.overwrite:
         shutil.rmtree(cache_dir(out), ignore_errors=True)
-    io.check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it")
+    io.check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it", network.SETTING_DEFAULTS)
 
 
 def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict) -> str:
@@ -550,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
     g.add_argument("--workers", type=positive_int, default=1, help="processes for the LDS replays")
+    network.add_arguments(p)
     g = p.add_argument_group("influence functions (defaults: the drivers')")
     g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
                    help="damping alpha")
@@ -571,10 +573,14 @@ def main(argv) -> int:
         data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
+        net = network.from_args(args)
+        retraces = any(ESTIMATORS[m] is not None for m in args.methods)
+        net.check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
+                  coupling=retraces and args.bn_coupling == "on")
         if args.lds:
-            print_lds(run_lds(args, data))
+            print_lds(run_lds(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
         else:
-            print_summary(run_validation(args, data))
+            print_summary(run_validation(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
     return run_command(body, args.output_dir)
