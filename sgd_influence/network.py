@@ -323,9 +323,19 @@ class _Rebuild:
 
 
 # --------------------------------------------------------------------------- resolution
-@functools.lru_cache(maxsize=4)
 def resolve(spec: str, init: str = "seed") -> Network:
-    """The network of --net `spec` (and --net-init `init`); every problem is one UserError."""
+    """The network of --net `spec` (and --net-init `init`); every problem is one UserError.
+    Loaded once per process and file version (a file rewritten in place is loaded anew)."""
+    path = _split_nnp(spec)[0]
+    stamp = None
+    if path and os.path.isfile(path):
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+    return _resolve(spec, init, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _resolve(spec: str, init: str, stamp: Optional[tuple]) -> Network:
     path, _, name = _split_nnp(spec)
     if path:
         return _load_nnp(spec, path, name, init)
