@@ -139,8 +139,7 @@ class Network:
                                         f"the scores of the dataset's {n_classes} classes")
                     bad = [t for t in function_types(out) if t in RANDOM]
                     if bad:
-                        raise UserError(f"--net {self.spec}: the network uses {bad[0]}, a random function; every "
-                                        f"phase replays the recorded training exactly, so remove it")
+                        raise _random_function(self.spec, bad[0], bad[0])
             finally:
                 nn.random.prng = rng
 
@@ -228,6 +227,11 @@ def _seeded_initializer(pf, i: int, shape: tuple):
     return None
 
 
+def _random_function(spec: str, name: str, kind: str) -> UserError:
+    return UserError(f"--net {spec}: the network uses {name} ({kind}), a random function; every phase replays "
+                     f"the recorded training exactly, so remove it")
+
+
 def _parameter_names() -> Dict[nn.Variable, str]:
     return {v: k for k, v in nn.get_parameters(grad_only=False).items()}
 
@@ -275,8 +279,7 @@ class _Rebuild:
         """The outputs of function `kind` with `args` on `inputs`."""
         ops, args = self.ops, dict(args or {})
         if kind in RANDOM:
-            raise UserError(f"--net {self.spec}: the network uses {name} ({kind}), a random function; every phase "
-                            f"replays the recorded training exactly, so remove it")
+            raise _random_function(self.spec, name, kind)
         h = inputs[0] if inputs else None
         if kind == "ReLU":
             return [ops.relu(h)]

@@ -135,6 +135,9 @@ def test_unpinnable_function_is_one_line_naming_it(data):
     with pytest.raises(UserError, match=r"fd cannot pin .*ELU.*--retrace exact works"):
         net.check(data.image_shape, data.n_classes, fd=True, coupling=True)
     net.check(data.image_shape, data.n_classes, fd=False, coupling=True)  # exact: fine
+    drop = network.PythonFunction("x:y", lambda x, test: PF.affine(F.dropout(x, 0.5), 3), None)
+    with pytest.raises(UserError, match=r"Dropout.*a random function"):
+        drop.check(data.image_shape, data.n_classes, fd=False, coupling=False)  # refused in every mode
     bad = network.PythonFunction("x:y", lambda x, test: PF.affine(x, 5), None)
     with pytest.raises(UserError, match=r"shape \(2, 5\).*expected \(2, 3\)"):
         bad.check(data.image_shape, data.n_classes, fd=False, coupling=False)
