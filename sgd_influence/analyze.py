@@ -45,8 +45,9 @@ import numpy as np
 from datasets import CLASS_NAMES
 
 from . import figures, layout
+from .export import export_clean
 from .figures import pyplot
-from .errors import UserError
+from .errors import UserError, run_command
 from .methods import CONTROL, N_RANKED, is_control, sort_key
 from .metrics import kendall_tau_b, spearman
 from .settings import RESULT_SETTINGS, args_from_settings, data_for, differences
@@ -694,13 +695,28 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="where summary/ and fig/ are written (default: the first OUT)")
     p.add_argument("--no-images", action="store_true",
                    help="skip the harmful/helpful image grids (they load the dataset)")
+    p.add_argument("--export-clean", nargs=2, metavar=("METHOD", "N"), default=None,
+                   help="instead: write OUT/export/METHOD_without_N_seedK/train.csv, an NNC dataset CSV of the "
+                        "training split without the N most harmful instances by METHOD, and removed.csv "
+                        "(docs/own_network.md)")
+    p.add_argument("--seed", type=int, default=0, help="the trial --export-clean exports")
     args = p.parse_args(argv)
+    if args.export_clean:
+        return run_command(lambda: export_clean_main(args))
     try:
         analyze(args.folders, out=args.out, images=not args.no_images)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def export_clean_main(args: argparse.Namespace) -> None:
+    """--export-clean: one run folder; prints where the CSVs went."""
+    if len(args.folders) != 1 or args.out:
+        raise UserError("--export-clean takes one output folder and no --out")
+    print(f"wrote {export_clean(args.folders[0], args.export_clean[0], args.export_clean[1], args.seed)}"
+          f"/train.csv and removed.csv")
 
 
 if __name__ == "__main__":

@@ -19,20 +19,18 @@ import numpy as np
 
 from influence_functions.infl import influence_functions
 from influence_functions.report import write_solver_summary, write_solver_trace
-from . import layout
+from . import layout, network
 from .analyze import analyze
 from .controls import negated_training_loss, random_key
 from .errors import UserError, run_command
 from .eval import retrain
 from .infl import load_final_model, retrace, val_gradient
 from .methods import METHODS, needs_step_params
+from .layout import noise_path, step_params_path, step_record_path
 from .noise import write_flipped_csv
-from .layout import noise_path
-from .layout import step_params_path
 from .runner import run_units
 from .settings import (GPU_ENVIRONMENT, METHOD_SETTINGS, RESULT_SETTINGS, args_from_settings, build_parser,
                        code_version, data_for, differences, set_context)
-from .layout import step_record_path
 from .train import train
 
 
@@ -48,13 +46,14 @@ def train_done(args, seed: int) -> bool:
 def train_unit(args, seed: int, progress: bool = True) -> None:
     train(data_for(args, seed), layout.train_dir(args.output_dir, seed), seed, args.n_epochs,
           args.batch_size, args.lr, keep_step_params=needs_step_params(args.methods), progress=progress,
-          augment=not args.no_augment)
+          net=network.from_args(args), augment=not args.no_augment)
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     data = data_for(args, seed)
     influence = retrace(data, layout.train_dir(args.output_dir, seed), batch_size=args.batch_size, progress=progress,
-                        mode=args.retrace, bn_coupling=args.bn_coupling == "on", **METHODS[method].retrace)
+                        net=network.from_args(args), mode=args.retrace, bn_coupling=args.bn_coupling == "on",
+                        **METHODS[method].retrace)
     layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),
                            data.train.ids, data.train.y, influence)
 
@@ -68,18 +67,19 @@ def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
 
 def loss_unit(args, method: str, seed: int, progress: bool = True) -> None:
     """Control: the negated training loss at theta[T] (highest loss removed first), see controls.py."""
-    data = data_for(args, seed)
-    load_final_model(data, layout.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    data, net = data_for(args, seed), network.from_args(args)
+    load_final_model(data, layout.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size, net)
     layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),
-                           data.train.ids, data.train.y, negated_training_loss(data))
+                               data.train.ids, data.train.y, negated_training_loss(data, net=net))
 
 
 def influence_functions_unit(args, method: str, seed: int, progress: bool = True) -> None:
-    data = data_for(args, seed)
-    load_final_model(data, layout.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size)
+    data, net = data_for(args, seed), network.from_args(args)
+    load_final_model(data, layout.train_dir(args.output_dir, seed), args.n_epochs, args.batch_size, net)
     settings = dict(alpha=args.if_alpha, lr=args.if_lr, momentum=args.if_momentum, epochs=args.if_epochs,
                     batch_size=args.batch_size, seed=seed, average=not args.if_last_iterate)
-    influence, trace, check = influence_functions(data, val_gradient(data), progress=progress, **settings)
+    influence, trace, check = influence_functions(data, val_gradient(data, net=net), progress=progress, net=net,
+                                                  **settings)
     write_solver_trace(args.output_dir, seed, trace)
     write_solver_summary(args.output_dir, seed, settings, check)
     layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),  # last: marks the unit done
@@ -95,7 +95,8 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
     """Retrain without the n first instances of the method's order; n = 0 is shared."""
     data = data_for(args, seed)
     removed = layout.read_removal_order(layout.influence_path(args.output_dir, methods[0], seed))[:n] if n else []
-    rows = retrain(data, layout.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size)
+    rows = retrain(data, layout.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size,
+                   network.from_args(args))
     for m in methods:
         layout.write_score_csv(layout.score_path(args.output_dir, m, n, seed), rows)
 
@@ -159,6 +160,9 @@ def run_experiment(args) -> None:
     if skipped:
         print(f"warning: skipping removal sizes >= the training set ({n_train}): {skipped}", file=sys.stderr)
     sizes = [n for n in sizes if n < n_train]
+    retraces = any(METHODS[m].retrace for m in args.methods)
+    network.from_args(args).check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
+                                  coupling=retraces and args.bn_coupling == "on")
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:

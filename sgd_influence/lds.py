@@ -46,7 +46,7 @@ import numpy as np
 
 from datasets import Data
 from models import cnn
-from . import figures, layout
+from . import figures, layout, network
 from .runner import run_units
 from .graphs import GraphCache, evaluate, trainable_params
 from .metrics import pearson, spearman
@@ -174,8 +174,8 @@ def write_truths(path: str, truths: Dict[tuple, float]) -> None:
 _REPLAYS: Dict[tuple, PairedReplays] = {}
 
 
-def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
-    """One PairedReplays per process (worker processes load the data themselves)."""
+def _replays(args, data: Optional[Data], net: Optional[Callable]) -> PairedReplays:
+    """One PairedReplays per process (worker processes load the data and the network themselves)."""
     key = (args.output_dir, args.seed)
     if key not in _REPLAYS:
         if data is None:
@@ -183,15 +183,16 @@ def _replays(args, data: Optional[Data], net: Callable) -> PairedReplays:
             data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         _REPLAYS.clear()
         _REPLAYS[key] = PairedReplays(data, layout.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
-                                      args.batch_size, args.seed, net)
+                                      args.batch_size, args.seed, net or network.from_args(args))
     return _REPLAYS[key]
 
 
-def baseline_unit(args, r: int, data: Optional[Data] = None, net: Callable = cnn, progress: bool = False) -> float:
+def baseline_unit(args, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
+                  progress: bool = False) -> float:
     return _replays(args, data, net).baseline(r)
 
 
-def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Callable = cnn,
+def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
                progress: bool = False) -> float:
     rep = _replays(args, data, net)
     return rep.truth(subset(len(rep.data.train), fraction, s, args.seed), r)

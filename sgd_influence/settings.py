@@ -21,7 +21,7 @@ import nnabla.functions as F
 from nnabla.ext_utils import get_extension_context
 
 from datasets import DATASETS, load_dataset
-from . import layout
+from . import layout, network
 from .errors import UserError
 from .methods import DRIVER_METHODS, METHODS
 from .noise import with_label_noise
@@ -115,6 +115,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
                         "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
+    network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
@@ -169,13 +170,13 @@ def set_context(device_id: str) -> str:
 # ----------------------------------------------------------------------------- saved settings
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise")
+                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise", *network.SETTING_DEFAULTS)
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
 METHOD_SETTINGS = {n: m.settings for n, m in METHODS.items() if m.driver and m.settings}
 # Options whose default changed the results when they were added: a run that predates one
 # was made with this value, not with the current default.
-PREDATING_VALUES = {"bn_coupling": "off"}
+PREDATING_VALUES = {"bn_coupling": "off", **network.SETTING_DEFAULTS}
 
 
 def args_from_settings(settings: dict) -> argparse.Namespace:
@@ -200,7 +201,7 @@ def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str
     if not os.path.exists(path):
         layout.write_json(path, settings)
         return
-    diff = differences(layout.read_json(path), settings, settings)
+    diff = differences({**PREDATING_VALUES, **layout.read_json(path)}, settings, settings)
     if diff:
         raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to {fix}")

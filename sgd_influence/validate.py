@@ -39,7 +39,7 @@ from tqdm import tqdm
 from datasets import DATASETS, Data, load_dataset
 from influence_functions.infl import influence_functions
 from models import cnn
-from . import figures, layout, lds
+from . import figures, layout, lds, network
 from .controls import negated_training_loss, random_key
 from .errors import UserError, run_command
 from .graphs import GraphCache, evaluate, trainable_params
@@ -49,7 +49,7 @@ from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spe
 from .params import StepParamsReader, load_checkpoint
 from .layout import checkpoint_path, step_params_path
 from .settings import (HelpFormatter, build_parser as driver_parser, check_settings, code_version, device,
-                       differences, nonneg_int, positive_float, positive_int, set_context)
+                       differences, nonneg_int, positive_float, positive_int, set_context, PREDATING_VALUES)
 from .step_record import StepRecord
 from .layout import step_record_path
 from .train import SGD, init_model, train
@@ -67,7 +67,7 @@ TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
 # Settings that determine the training; a training in -o is reused only when they match.
-TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment")
+TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", *network.SETTING_DEFAULTS)
 # Settings of the validation itself (its cache is reused only when they match).
 VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
@@ -312,7 +312,7 @@ def prepare_output(args) -> None:
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
         old = layout.read_json(run_json).get("settings", {})
-        diff = differences(old, vars(args), TRAIN_SETTINGS)
+        diff = differences({**PREDATING_VALUES, **old}, vars(args), TRAIN_SETTINGS)  # a run predating --net: cnn
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
     else:
@@ -539,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
     g.add_argument("--workers", type=positive_int, default=1, help="processes for the LDS replays")
+    network.add_arguments(p)
     g = p.add_argument_group("influence functions (defaults: the drivers')")
     g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
                    help="damping alpha")
@@ -558,10 +559,14 @@ def main(argv) -> int:
         data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
+        net = network.from_args(args)
+        retraces = any(METHODS[m].retrace for m in args.methods)
+        net.check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
+                  coupling=retraces and args.bn_coupling == "on")
         if args.lds:
-            print_lds(run_lds(args, data))
+            print_lds(run_lds(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
         else:
-            print_summary(run_validation(args, data))
+            print_summary(run_validation(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
     return run_command(body, args.output_dir)
