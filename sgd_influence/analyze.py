@@ -96,14 +96,7 @@ def read_folder(path: str) -> Folder:
     if not os.path.isdir(path):
         raise UserError(f"{path} is not a folder; pass output folders of eval_sgd_influence.py "
                         f"or eval_influence_functions.py")
-    run = os.path.join(path, "run.json")
-    if not os.path.exists(run):
-        return Folder(path)
-    try:
-        with open(run) as f:
-            return Folder(path, json.load(f).get("settings", {}))
-    except (ValueError, AttributeError):
-        raise UserError(f"{run} is not a run.json written by a driver; remove it or re-run the driver") from None
+    return Folder(path, layout.read_settings(path))
 
 
 def check_mergeable(folders: Sequence[Folder]) -> None:
@@ -125,10 +118,7 @@ def check_mergeable(folders: Sequence[Folder]) -> None:
 
 def final_test_accuracy(path: str) -> float:
     """test_accuracy of the last epoch row of a score CSV."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-        rows = [line.strip().split(",") for line in f if line.strip()]
-    return float(rows[-1][header.index("test_accuracy")])
+    return float(layout.read_score_csv(path)[-1, layout.SCORE_COLUMNS.index("test_accuracy")])
 
 
 def collect(out: str) -> Scores:

@@ -126,7 +126,7 @@ def check_or_reset_output(args) -> None:
         return
     if not os.path.exists(path):
         return
-    old = layout.read_json(path).get("settings", {})
+    old = layout.read_settings(args.output_dir)
     new = vars(args)
     keys = list(RESULT_SETTINGS)
     for method, settings in METHOD_SETTINGS.items():

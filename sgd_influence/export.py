@@ -60,7 +60,7 @@ def export_clean(out: str, method: str, n_text: str, seed: int) -> str:
     if not os.path.isfile(run_json):
         raise UserError(f"{out} has no run.json; pass an output folder of eval_sgd_influence.py or "
                         f"eval_influence_functions.py")
-    settings = layout.read_json(run_json).get("settings")
+    settings = layout.read_settings(out)
     if not isinstance(settings, dict) or "dataset" not in settings:
         raise UserError(f"{run_json} is not a run.json written by a driver")
     path = layout.influence_path(out, method, seed)

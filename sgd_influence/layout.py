@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import zipfile
 from io import StringIO
 from typing import Dict, List, Tuple
 
@@ -53,13 +54,46 @@ def write_json(path: str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# What reading a damaged file raises: bad text or numbers, missing columns or keys, a broken
+# zip/HDF5 container, a short read, or nnabla's loader's own error.
+READ_ERRORS = (ValueError, TypeError, IndexError, KeyError, EOFError, OSError, RuntimeError, zipfile.BadZipFile)
+
+
+def corrupt(path: str, why: object) -> UserError:
+    """The one error line for a damaged file in an output folder: which file, and the fix."""
+    why = (str(why).strip().splitlines() or [""])[0] or type(why).__name__
+    return UserError(f"{path} is corrupt or unreadable ({why}); delete it (or use --overwrite) and re-run")
+
+
+@contextlib.contextmanager
+def reading(path: str):
+    """Turn any error of reading `path` (not its absence) into `corrupt(path, ...)`."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except UserError:
+        raise
+    except READ_ERRORS as e:
+        raise corrupt(path, e) from None
+
+
 def read_json(path: str):
     """A JSON file this tool wrote; a corrupt one stops with a line naming it and the fix."""
-    try:
+    with reading(path):
         with open(path) as f:
             return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is corrupt ({e}); delete it (or use --overwrite) and re-run") from None
+
+
+def read_settings(out: str) -> dict:
+    """The `settings` of OUT/run.json ({} without one); a damaged run.json is one error line."""
+    path = os.path.join(out, "run.json")
+    if not os.path.exists(path):
+        return {}
+    info = read_json(path)
+    if not isinstance(info, dict) or not isinstance(info.get("settings", {}), dict):
+        raise corrupt(path, "not a run.json written by this tool")
+    return info.get("settings", {})
 
 
 def train_dir(out: str, seed: int) -> str:
@@ -148,16 +182,22 @@ def read_influence_csv(path: str) -> dict:
 
     Read by CSV rules, so an image path may hold commas (written quoted).
     """
-    with open(path, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, [])
-        if header != ["x:image", "y:label", "influence", "datasource_index"]:
-            raise ValueError(f"{path}: not an influence file (header {','.join(header)!r})")
-        rows = [r for r in rows if r]
-    return {"ids": np.array([r[0] for r in rows]),
-            "labels": np.array([int(r[1]) for r in rows], np.int64),
-            "influence": np.array([float(r[2]) for r in rows], np.float64),
-            "index": np.array([int(r[3]) for r in rows], np.int64)}
+    with reading(path):
+        with open(path, newline="") as f:
+            rows = csv.reader(f)
+            header = next(rows, [])
+            if header != ["x:image", "y:label", "influence", "datasource_index"]:
+                raise ValueError(f"not an influence file (header {','.join(header)!r})")
+            rows = [r for r in rows if r]
+        if any(len(r) != 4 for r in rows):
+            raise ValueError("a row without its four columns")
+        cols = {"ids": np.array([r[0] for r in rows]),
+                "labels": np.array([int(r[1]) for r in rows], np.int64),
+                "influence": np.array([float(r[2]) for r in rows], np.float64),
+                "index": np.array([int(r[3]) for r in rows], np.int64)}
+        if not np.array_equal(np.sort(cols["index"]), np.arange(len(rows))):  # every instance once: not cut short
+            raise ValueError("its datasource_index column is not 0..n-1 once each (truncated?)")
+    return cols
 
 
 def read_removal_order(path: str) -> np.ndarray:
@@ -166,6 +206,20 @@ def read_removal_order(path: str) -> np.ndarray:
 
 
 SCORE_COLUMNS = ("val_loss", "test_loss", "val_accuracy", "test_accuracy")
+
+
+def read_score_csv(path: str) -> np.ndarray:
+    """The rows of a score CSV (one per epoch retrained; columns SCORE_COLUMNS), shape (rows, 4)."""
+    with reading(path):
+        with open(path) as f:
+            header = f.readline().strip().split(",")
+            rows = [line.strip().split(",") for line in f if line.strip()]
+        if header != list(SCORE_COLUMNS):
+            raise ValueError(f"not a score file (header {','.join(header)!r})")
+        table = np.array([[float(v) for v in r] for r in rows], np.float64)
+        if not rows or table.ndim != 2 or table.shape[1] != len(SCORE_COLUMNS):
+            raise ValueError("no complete rows")
+    return table
 
 
 def write_score_csv(path: str, rows) -> None:

@@ -8,7 +8,6 @@ retrace reads one row per step.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict
 
@@ -16,7 +15,7 @@ import numpy as np
 import nnabla as nn
 
 from .errors import UserError
-from .layout import atomic_path, write_json
+from .layout import atomic_path, read_json, reading, write_json
 
 
 def save_checkpoint(path: str) -> None:
@@ -25,12 +24,12 @@ def save_checkpoint(path: str) -> None:
 
 
 def load_checkpoint(path: str) -> None:
-    """Copy the values of a checkpoint into the existing parameter variables."""
-    nn.load_parameters(path)
-
-
-
-
+    """Copy the values of a checkpoint into the existing parameter variables (a damaged file is one
+    error line naming it)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    with reading(path):
+        nn.load_parameters(path)
 
 
 class StepParamsWriter:
@@ -62,8 +61,9 @@ class StepParamsReader:
     """
 
     def __init__(self, path: str):
-        with open(path + ".layout.json") as f:
-            self.layout = [(k, tuple(s)) for k, s in json.load(f)]
+        meta = path + ".layout.json"
+        with reading(meta):
+            self.layout = [(k, tuple(s)) for k, s in read_json(meta)]
         self.path = path
         self.row_size = sum(int(np.prod(s)) for _, s in self.layout)
         self.n_rows, rest = divmod(os.path.getsize(path), 4 * self.row_size)

@@ -12,9 +12,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .layout import atomic_path
-
-
+from .layout import atomic_path, reading
 
 
 @dataclass
@@ -57,8 +55,14 @@ class StepRecord:
 
     @classmethod
     def load(cls, path: str) -> "StepRecord":
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["epoch"], z["lr"], z["offsets"], z["indices"], z["aug_seeds"])
+        """The record at `path`; a damaged or inconsistent file is one error line (layout.corrupt)."""
+        with reading(path):
+            with np.load(path, allow_pickle=False) as z:
+                r = cls(z["epoch"], z["lr"], z["offsets"], z["indices"], z["aug_seeds"])
+            if not (len(r.lr) == r.n_steps and len(r.offsets) == r.n_steps + 1 and r.offsets[-1] == len(r.indices)
+                    and len(r.aug_seeds) == len(r.indices) and np.all(np.diff(r.offsets) >= 0)):
+                raise ValueError("its arrays do not fit together")
+        return r
 
 
 def epoch_batches(rng: np.random.Generator, n: int, batch_size: int, augment: bool = True):

@@ -311,7 +311,7 @@ def prepare_output(args) -> None:
     vdir = validation_dir(out)
     run_json = os.path.join(out, "run.json")
     if os.path.exists(run_json):
-        old = layout.read_json(run_json).get("settings", {})
+        old = layout.read_settings(out)
         diff = differences({**PREDATING_VALUES, **old}, vars(args), TRAIN_SETTINGS)  # a run predating --net: cnn
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
