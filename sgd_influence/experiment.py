@@ -4,7 +4,8 @@ Work is cut into independent units (one training per trial, one influence
 file per method and trial, one retraining per method, n and trial). A unit
 whose output file exists is finished and skipped, so an interrupted run
 resumes where it stopped. With --workers N units run in N processes
-(nnabla's CPU context uses one thread); results do not depend on N.
+(nnabla's CPU context uses one thread), with --scheduler on a Dask cluster
+(cluster.py); results do not depend on either.
 """
 from __future__ import annotations
 
@@ -109,6 +110,9 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the units on the workers of a running Dask scheduler, e.g. tcp://host:8786, "
+                        "instead of --workers (docs/cluster.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
     g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "
@@ -203,6 +207,10 @@ def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable]
     args.workers; on_result(unit, value), if given, in this process as each unit finishes.
     `inline` keyword arguments go to in-process calls only (workers build theirs from args)."""
     if not units:
+        return
+    if getattr(args, "scheduler", None):
+        from .cluster import run_units as run_on_cluster
+        run_on_cluster(units, args, desc, on_result, progress)
         return
     if args.workers == 1 or len(units) == 1:
         for u in tqdm(units, desc=desc, unit="unit", disable=not progress or len(units) == 1):
@@ -305,6 +313,15 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
         io.write_score_csv(io.score_path(args.output_dir, m, n, seed), rows)
 
 
+def unit_needs(unit: tuple, earlier: tuple) -> bool:
+    """Whether `unit` reads what `earlier`, a unit of an earlier phase, writes: units of one
+    trial (the last element of each unit) read its training; a retraining that removes
+    instances (n > 0) reads the influence files of its methods."""
+    if unit[-1] != earlier[-1]:
+        return False
+    return earlier[0] is train_unit or (unit[0] is eval_unit and unit[2] > 0 and earlier[1] in unit[1])
+
+
 def write_flipped(args, seeds: Sequence[int]) -> None:
     """OUT/noise/flipped_<seed>.csv for every trial that lacks it."""
     from .noise import noise_path, write_flipped_csv
@@ -403,16 +420,22 @@ def run_experiment(args) -> None:
 
     if args.label_noise:
         write_flipped(args, seeds)
-    run_units([(train_unit, s) for s in seeds if not train_done(args, s)], args, "train")
-    run_units([(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
-               if not os.path.exists(io.influence_path(args.output_dir, m, s))], args, "influence")
     units = []
     for s in seeds:
         if 0 in sizes and not all(os.path.exists(io.score_path(args.output_dir, m, 0, s)) for m in args.methods):
             units.append((eval_unit, tuple(args.methods), 0, s))
         units += [(eval_unit, (m,), n, s) for m in args.methods for n in sizes
                   if n > 0 and not os.path.exists(io.score_path(args.output_dir, m, n, s))]
-    run_units(units, args, "retrain")
+    phases = [("train", [(train_unit, s) for s in seeds if not train_done(args, s)]),
+              ("influence", [(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
+                             if not os.path.exists(io.influence_path(args.output_dir, m, s))]),
+              ("retrain", units)]
+    if args.scheduler:  # all phases at once, each unit after the units it needs
+        from .cluster import run_phases
+        run_phases(args, phases, unit_needs)
+    else:
+        for desc, phase_units in phases:
+            run_units(phase_units, args, desc)
     analyze(args.output_dir, skipped=skipped)
 
 
