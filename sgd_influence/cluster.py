@@ -180,7 +180,7 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
                 futures[f] = (bar, u)
                 mine.append((u, f))
             submitted += mine
-        for f in as_completed(list(futures)):
+        for f in as_completed(list(futures), loop=client.loop):
             bar, u = futures[f]
             if f.status != "finished":
                 err = f.exception()
