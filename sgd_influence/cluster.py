@@ -68,9 +68,10 @@ def check_shared(args: argparse.Namespace, marker: Optional[str]) -> None:
                         f"same path as the driver (a shared filesystem, docs/cluster.md)")
 
 
-def run_unit(args: argparse.Namespace, unit: Unit, marker: Optional[str], *done) -> object:
-    """On a worker: the value of unit[0](args, *unit[1:]) after checking the shared folder.
-    `done` are the results of the units it depends on (only their completion matters)."""
+def run_unit(args: argparse.Namespace, fn: Callable, rest: list, marker: Optional[str], *done) -> object:
+    """On a worker: the value of fn(args, *rest) after checking the shared folder. `done` are the
+    results of the units it depends on (only their completion matters). The unit comes apart
+    as fn and a list: older Dask runs a tuple whose first element is callable as a task."""
     from .experiment import set_context
     with _UNIT_LOCK:
         check_shared(args, marker)
@@ -78,7 +79,7 @@ def run_unit(args: argparse.Namespace, unit: Unit, marker: Optional[str], *done)
             if _CONTEXT.get("device") != args.device_id:
                 set_context(args.device_id)
                 _CONTEXT["device"] = args.device_id
-            return unit[0](args, *unit[1:], progress=False)
+            return fn(args, *rest, progress=False)
         except UserError as e:  # e.g. the dataset missing on this worker: say which worker
             raise UserError(f"worker {worker_name()}: {e}") from None
 
@@ -175,7 +176,7 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
             mine = []
             for u in units:
                 deps = [f for e, f in submitted if needs is not None and needs(u, e)]
-                f = client.submit(run_unit, wargs, u, marker, *deps, key=f"{desc}-{unit_label(u)}-{run_id}",
+                f = client.submit(run_unit, wargs, u[0], list(u[1:]), marker, *deps, key=f"{desc}-{unit_label(u)}-{run_id}",
                                   resources=resources, pure=False)
                 futures[f] = (bar, u)
                 mine.append((u, f))

@@ -109,7 +109,7 @@ def test_worker_without_the_output_folder_is_one_clear_error(idx_dir, tmp_path, 
     with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as sched:
         script = (f"mount -t tmpfs none {tmp_path} && exec {sys.executable} -m distributed.cli.dask_worker "
                   f"{sched.scheduler_address} --nthreads 1 --no-nanny")
-        worker = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env={**os.environ, "PYTHONPATH": ROOT},
+        worker = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with Client(sched, set_as_default=False) as client:
