@@ -155,3 +155,24 @@ def test_slurm_job_script(capsys):
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -t 02:00:00" in script and "#SBATCH -p gpu" in script
     assert f"cd {ROOT}" in script and f"export PYTHONPATH={ROOT}" in script
     assert sys.executable in script and "--resources GPU=1" in script and "--nthreads 1" in script
+
+
+@pytest.mark.slow  # about a minute here: two LDS runs
+def test_lds_replays_on_the_cluster_match_one_process(local_cluster, idx_dir, tmp_path):
+    """validate_influence.py --lds: the replays' values come back to the driver (on_result)."""
+    from sgd_influence.validate import main as validate_main
+    c, client = local_cluster
+    base = ["-ds", "fashion_mnist", "--data-dir", idx_dir, "--n-train", "48", "--n-val", "16", "-e", "2",
+            "-bs", "16", "--lds", "--lds-fraction", "0.25", "--lds-subsets", "5", "--noise-replays", "2",
+            "--methods", "Ours", "Random"]
+    assert validate_main(["-o", str(tmp_path / "one")] + base) == 0
+    with distributed.get_task_stream(client) as ts:
+        assert validate_main(["-o", str(tmp_path / "dask"), "--scheduler", c.scheduler_address] + base) == 0
+    assert len(executed(ts)) == 2 + 5 * 2  # baseline replays, then subsets x replays
+    for f in ("lds.csv", "lds.json"):
+        a = open(tmp_path / "one" / "validation" / f).read()
+        b = open(tmp_path / "dask" / "validation" / f).read()
+        if f == "lds.json":  # identical but for the timings
+            import json
+            a, b = ({k: v for k, v in json.loads(x).items() if k != "seconds_this_run"} for x in (a, b))
+        assert a == b, f
