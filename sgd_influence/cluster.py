@@ -94,6 +94,13 @@ def worker_args(args: argparse.Namespace) -> argparse.Namespace:
     return a
 
 
+def shared_marker(out: str) -> Optional[str]:
+    """An entry of the output folder that every worker must see: run.json when the driver wrote
+    one, else its first entry that is not hidden (NFS's transient .nfs* files are)."""
+    names = sorted(n for n in os.listdir(out) if not n.startswith(".")) if os.path.isdir(out) else []
+    return "run.json" if "run.json" in names else next(iter(names), None)
+
+
 def connect(address: str):
     """A distributed.Client on the scheduler at `address`; one clear error when there is none."""
     try:
@@ -163,7 +170,7 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
         return counts
     wargs = worker_args(args)
     out = wargs.output_dir
-    marker = next(iter(sorted(os.listdir(out))), None) if os.path.isdir(out) else None
+    marker = shared_marker(out)
     client = connect(args.scheduler)
     bars, futures = [], {}
     try:
