@@ -176,3 +176,13 @@ def test_lds_replays_on_the_cluster_match_one_process(local_cluster, idx_dir, tm
             import json
             a, b = ({k: v for k, v in json.loads(x).items() if k != "seconds_this_run"} for x in (a, b))
         assert a == b, f
+
+
+def test_make_paper_passes_the_scheduler():
+    """make paper SCHEDULER=...: both drivers get --scheduler and not --workers (dry run)."""
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    r = subprocess.run(["make", "-n", "paper", "SCHEDULER=tcp://head:8786"], capture_output=True, text=True, cwd=ROOT)
+    drivers = [line for line in r.stdout.splitlines() if "eval_" in line]
+    assert r.returncode == 0 and len(drivers) == 2, r.stdout + r.stderr
+    assert all("--scheduler tcp://head:8786" in line and "--workers" not in line for line in drivers)
