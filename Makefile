@@ -3,16 +3,20 @@
 PY := .venv/bin/python
 DEMO_OUT ?= output_demo
 WORKERS ?= 2
+# SCHEDULER=tcp://host:8786: run the units on that Dask scheduler's workers instead of WORKERS
+# local processes (docs/cluster.md), e.g. make paper SCHEDULER=tcp://head:8786
+SCHEDULER ?=
+PARALLEL = $(if $(SCHEDULER),--scheduler $(SCHEDULER),--workers $(WORKERS))
 
 # The demo preset: Fashion-MNIST subset sized to finish in under 20 minutes on 2 CPU cores.
 DEMO_TRIALS ?= 1
 DEMO_SETTINGS := -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 --lr 0.02 --no-augment
 # DEMO_EXTRA: more driver options, e.g. DEMO_EXTRA="--bn-coupling off"
 DEMO_EXTRA ?=
-DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 --workers $(WORKERS) $(DEMO_EXTRA)
+DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 $(PARALLEL) $(DEMO_EXTRA)
 # The fidelity yardstick at the demo's settings (README "How accurate is each estimator").
 LDS_OUT ?= output_lds
-LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --workers $(WORKERS)
+LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds $(PARALLEL)
 
 # The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU, README
 # "Regenerating the paper"): 10 trials, batch 32, 20 epochs, the published defaults otherwise
@@ -20,7 +24,7 @@ LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --workers $(WORKERS)
 # $(PAPER_OUT)/summary and $(PAPER_OUT)/fig. Interrupted? Run it again: finished units are kept.
 DATASET ?= mnist
 PAPER_OUT ?= output_paper_$(DATASET)
-PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 --workers $(WORKERS)
+PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 $(PARALLEL)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 

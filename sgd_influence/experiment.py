@@ -4,7 +4,8 @@ Work is cut into independent units (one training per trial, one influence
 file per method and trial, one retraining per method, n and trial). A unit
 whose output file exists is finished and skipped, so an interrupted run
 resumes where it stopped. With --workers N units run in N processes
-(nnabla's CPU context uses one thread); results do not depend on N.
+(nnabla's CPU context uses one thread), with --scheduler on a Dask cluster
+(cluster.py); results do not depend on either.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from . import layout, network
 from .analyze import analyze
 from .controls import negated_training_loss, random_key
 from .errors import UserError, run_command
+from .cluster import run_phases
 from .eval import retrain
 from .infl import load_final_model, retrace, val_gradient
 from .methods import METHODS, needs_step_params
@@ -101,6 +103,15 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
         layout.write_score_csv(layout.score_path(args.output_dir, m, n, seed), rows)
 
 
+def unit_needs(unit: tuple, earlier: tuple) -> bool:
+    """Whether `unit` reads what `earlier`, a unit of an earlier phase, writes: units of one
+    trial (the last element of each unit) read its training; a retraining that removes
+    instances (n > 0) reads the influence files of its methods."""
+    if unit[-1] != earlier[-1]:
+        return False
+    return earlier[0] is train_unit or (unit[0] is eval_unit and unit[2] > 0 and earlier[1] in unit[1])
+
+
 def write_flipped(args, seeds: Sequence[int]) -> None:
     """OUT/noise/flipped_<seed>.csv for every trial that lacks it."""
     for s in seeds:
@@ -175,16 +186,21 @@ def run_experiment(args) -> None:
 
     if args.label_noise:
         write_flipped(args, seeds)
-    run_units([(train_unit, s) for s in seeds if not train_done(args, s)], args, "train")
-    run_units([(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
-               if not os.path.exists(layout.influence_path(args.output_dir, m, s))], args, "influence")
     units = []
     for s in seeds:
         if 0 in sizes and not all(os.path.exists(layout.score_path(args.output_dir, m, 0, s)) for m in args.methods):
             units.append((eval_unit, tuple(args.methods), 0, s))
         units += [(eval_unit, (m,), n, s) for m in args.methods for n in sizes
                   if n > 0 and not os.path.exists(layout.score_path(args.output_dir, m, n, s))]
-    run_units(units, args, "retrain")
+    phases = [("train", [(train_unit, s) for s in seeds if not train_done(args, s)]),
+              ("influence", [(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
+                             if not os.path.exists(layout.influence_path(args.output_dir, m, s))]),
+              ("retrain", units)]
+    if args.scheduler:  # all phases at once, each unit after the units it needs
+        run_phases(args, phases, unit_needs)
+    else:
+        for desc, phase_units in phases:
+            run_units(phase_units, args, desc)
     analyze(args.output_dir, skipped=skipped)
 
 

@@ -12,6 +12,7 @@ from typing import Callable, List, Optional
 
 from tqdm import tqdm
 
+from .cluster import run_units as run_on_cluster
 from .settings import set_context
 
 def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable] = None, progress: bool = True,
@@ -20,6 +21,9 @@ def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable]
     args.workers; on_result(unit, value), if given, in this process as each unit finishes.
     `inline` keyword arguments go to in-process calls only (workers build theirs from args)."""
     if not units:
+        return
+    if getattr(args, "scheduler", None):
+        run_on_cluster(units, args, desc, on_result, progress)
         return
     if args.workers == 1 or len(units) == 1:
         for u in tqdm(units, desc=desc, unit="unit", disable=not progress or len(units) == 1):

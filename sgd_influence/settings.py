@@ -117,6 +117,9 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
     network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the units on the workers of a running Dask scheduler, e.g. tcp://host:8786, "
+                        "instead of --workers (docs/cluster.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
     g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "

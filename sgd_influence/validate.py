@@ -539,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
     g.add_argument("--workers", type=positive_int, default=1, help="processes for the LDS replays")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the LDS replays on the workers of a running Dask scheduler (tcp://host:8786, "
+                        "docs/cluster.md) instead of --workers")
     network.add_arguments(p)
     g = p.add_argument_group("influence functions (defaults: the drivers')")
     g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
