@@ -39,16 +39,12 @@ from tqdm import tqdm
 from datasets import Data
 from models import cnn
 from sgd_influence.errors import UserError
-from sgd_influence.graphs import RetraceGraph, trainable_params
+from sgd_influence.graphs import RetraceGraph, dot, trainable_params
 from sgd_influence.step_record import epoch_batches
 
 DIVERGENCE_FACTOR = 100.0
 TRACE_COLUMNS = ("epoch", "step", "objective", "v_norm", "curvature", "residual")
 Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
-
-
-def dot(a: Vector, b: Vector) -> float:
-    return float(sum(np.vdot(x.astype(np.float64), y) for x, y in zip(a, b)))
 
 
 class Hessian:

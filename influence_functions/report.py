@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from sgd_influence.layout import atomic_path, solver_figure_path, solver_trace_path, write_json, write_text
+from sgd_influence.figures import pyplot, save
+from sgd_influence.layout import solver_figure_path, solver_trace_path, write_json, write_text
 from .infl import TRACE_COLUMNS
 
 
@@ -33,11 +34,8 @@ def write_solver_trace(out: str, seed: int, trace: np.ndarray) -> None:
 
 
 def plot_solver_trace(path: str, trace: np.ndarray, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     step = trace[:, 1]
-    fig, axes = plt.subplots(3, 1, figsize=(5, 6), sharex=True)
+    fig, axes = pyplot().subplots(3, 1, figsize=(5, 6), sharex=True)
     for ax, col, label in zip(axes, (2, 5, 4), ("objective f(v)", "residual |grad f| / |u|",
                                                 "curvature v'Hv / |v|^2")):
         ax.plot(step, trace[:, col], lw=0.8)
@@ -48,7 +46,4 @@ def plot_solver_trace(path: str, trace: np.ndarray, title: str) -> None:
     axes[-1].set_xlabel("solver step (values on the step's mini-batch)")
     axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save(fig, path, dpi=100)

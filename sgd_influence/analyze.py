@@ -31,36 +31,26 @@ from the first (a warning names any that differ).
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import math
 import os
 import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from datasets import CLASS_NAMES
-
-from . import figures, layout
+from . import layout
+from .errors import UserError, run_command, warn
 from .export import export_clean
-from .figures import pyplot
-from .errors import UserError, run_command
-from .methods import CONTROL, N_RANKED, is_control, sort_key
+from .figures import plot_agreement, plot_batch_sizes, plot_result, trials_text
+from .grids import write_grids
+from .layout import Folder, read_folder
+from .methods import CONTROL, is_control, sort_key
 from .metrics import kendall_tau_b, spearman
-from .settings import RESULT_SETTINGS, args_from_settings, data_for, differences
+from .noise import write_noise_detection
+from .settings import RESULT_SETTINGS, differences
+from .table1 import table1_rows, write_table1
 
-GRID = 32  # instances per harmful/helpful grid
-
-# The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
-PAPER_BATCH, PAPER_EPOCHS = 32, 20
-PAPER_TABLE1 = {  # dataset: (training images, input channels, {cache: bytes as printed in the paper})
-    "mnist": (50000, 1, {"all": 38.64e9, "hara": 1.932e9, "ours": 1.236e6}),
-    "cifar10": (40000, 3, {"all": 30.90e9, "hara": 1.545e9, "ours": 1.236e6}),
-}
-CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"))
 
 class Row(NamedTuple):
     """One line of summary.csv."""
@@ -76,29 +66,7 @@ Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -
 Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
 
 
-def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
-
-
 # ----------------------------------------------------------------------- reading
-@dataclass
-class Folder:
-    """One output folder and the settings its run.json recorded ({} without one)."""
-    path: str
-    settings: dict = field(default_factory=dict)
-
-    @property
-    def batch_size(self) -> Optional[int]:
-        return self.settings.get("batch_size")
-
-
-def read_folder(path: str) -> Folder:
-    if not os.path.isdir(path):
-        raise UserError(f"{path} is not a folder; pass output folders of eval_sgd_influence.py "
-                        f"or eval_influence_functions.py")
-    return Folder(path, layout.read_settings(path))
-
-
 def check_mergeable(folders: Sequence[Folder]) -> None:
     """Refuse folders whose result-changing settings differ (the batch size may)."""
     if len(folders) < 2:
@@ -272,278 +240,6 @@ def write_agreement(path: str, rows: Sequence[dict]) -> None:
     layout.write_text(path, "\n".join(lines) + "\n")
 
 
-# ------------------------------------------------------------------------ Table 1
-def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
-    """(parameter count, size of the nnabla .h5 checkpoint) of the paper's network at 32x32."""
-    import nnabla as nn
-    from models import cnn
-    with nn.parameter_scope(f"_table1_{channels}"):
-        nn.clear_parameters()
-        cnn(nn.Variable((1, channels, 32, 32)), n_classes)
-        params = nn.get_parameters(grad_only=False)
-        count = int(sum(v.size for v in params.values()))
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "params.h5")
-            nn.save_parameters(path, params=params, extension=".h5")
-            h5 = os.path.getsize(path)
-        nn.clear_parameters()
-    return count, h5
-
-
-def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int) -> Dict[str, int]:
-    """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final."""
-    return {"all": param_bytes * steps_per_epoch * epochs, "hara": param_bytes * steps_per_epoch,
-            "ours": param_bytes}
-
-
-def find_cache_size(folders: Sequence[Folder]) -> Optional[Tuple[Folder, dict]]:
-    """The first cache_size.json that measured Hara's store, else the first at all (trials are alike)."""
-    found = []
-    for f in folders:
-        for path in sorted(glob.glob(os.path.join(f.path, "train", "seed_*", "cache_size.json"))):
-            with open(path) as fh:
-                found.append((f, json.load(fh)))
-    return next((x for x in found if "hara_bytes" in x[1]), found[0] if found else None)
-
-
-def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optional[int], Optional[int]]) -> List[dict]:
-    """This run's measured cache sizes (per batch size), then the paper-scale projection.
-
-    Measured: Ours = the final .h5 checkpoint, Hara = the per-step float32 store of the last epoch;
-    'all' = that store times the epochs (projected: only the last epoch is kept). Paper scale:
-    float32 parameter count x 4 x T (x K), T = ceil(N / 32), K = 20; Ours also as the .h5 size.
-    """
-    rows = []
-    for bs, folders in groups.items():
-        found = find_cache_size(folders)
-        if not found:
-            continue
-        folder, c = found
-        epochs = folder.settings.get("n_epochs")
-        n = n_train.get(bs)
-        t = c.get("hara_steps") or (math.ceil(n / bs) if n and bs else None)
-        pb = int(c["param_bytes_float32"])
-        f32 = cache_bytes(pb, t, epochs) if t and epochs else {"ours": pb}
-        hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
-        saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None}
-        for cache, _ in CACHES:
-            rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
-                         "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
-                         "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
-                         "paper_bytes": None})
-    for dataset, (n, channels, paper) in PAPER_TABLE1.items():
-        count, h5 = model_param_bytes(channels)
-        t = math.ceil(n / PAPER_BATCH)
-        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS)
-        saved = dict(f32, ours=h5)  # Hara's store here is raw float32: exactly |theta| x T x 4 bytes
-        for cache, _ in CACHES:
-            rows.append({"scope": "paper scale", "dataset": dataset, "n_train": n, "batch_size": PAPER_BATCH,
-                         "epochs": PAPER_EPOCHS, "steps_per_epoch": t, "param_count": count, "cache": cache,
-                         "float32_bytes": f32[cache], "saved_bytes": saved[cache], "paper_bytes": paper[cache]})
-    for r in rows:
-        r["float32_vs_paper"] = r["float32_bytes"] / r["paper_bytes"] - 1 if r["paper_bytes"] else None
-    return rows
-
-
-TABLE1_COLUMNS = ("scope", "dataset", "n_train", "batch_size", "epochs", "steps_per_epoch", "param_count", "cache",
-                  "float32_bytes", "saved_bytes", "paper_bytes", "float32_vs_paper")
-
-
-def human(b: Optional[float]) -> str:
-    """Decimal units, as the paper prints them."""
-    if b is None:
-        return "–"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if b >= scale:
-            return f"{b / scale:#.4g}".rstrip(".") + f" {unit}"  # 4 significant digits, trailing zeros kept
-    return f"{b:.0f} B"
-
-
-def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
-    def fmt(key, v):
-        if v is None:
-            return ""
-        return f"{v:.6f}" if key == "float32_vs_paper" else f"{v:.0f}" if isinstance(v, float) else str(v)
-    lines = [",".join(TABLE1_COLUMNS)] + [",".join(fmt(c, r[c]) for c in TABLE1_COLUMNS) for r in rows]
-    layout.write_text(csv_path, "\n".join(lines) + "\n")
-
-    cols = {}  # column title -> {cache: cell}
-    for r in rows:
-        if r["scope"] == "this run":
-            title = (f"this run ({r['dataset']}, N={r['n_train'] or '?'}, B={r['batch_size']}, "
-                     f"K={r['epochs']}, T={r['steps_per_epoch']}), measured")
-            cell = human(r["saved_bytes"]) if r["saved_bytes"] is not None else human(r["float32_bytes"])
-            if r["cache"] == "ours":
-                cell = f"{human(r['float32_bytes'])} float32; .h5 {human(r['saved_bytes'])}"
-            elif r["cache"] == "all" and r["saved_bytes"] is not None:
-                cell += " (projected ×K)"
-            cols.setdefault(title, {})[r["cache"]] = cell
-        else:
-            name = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[r["dataset"]]
-            title = f"{name} (N={r['n_train']:,}, B={r['batch_size']}, K={r['epochs']}, T={r['steps_per_epoch']:,})"
-            cell = f"{human(r['float32_bytes'])} ({r['float32_vs_paper']:+.2%})"
-            if r["cache"] == "ours":
-                cell += f"; .h5 {human(r['saved_bytes'])}"
-            cols.setdefault(title + ", projected", {})[r["cache"]] = cell
-            cols.setdefault(f"{name}, paper", {})[r["cache"]] = human(r["paper_bytes"])
-    md = ["| cache | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |" for cache, label in CACHES]
-    md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs. "
-           "Percentages: projection vs the paper's Table 1. MB/GB are 10^6/10^9 bytes."]
-    layout.write_text(md_path, "\n".join(md) + "\n")
-
-
-# ------------------------------------------------------------------------ figures
-def color(method: str):
-    import matplotlib
-    rank, _ = sort_key(method)
-    k = rank if rank < N_RANKED else N_RANKED + sum(map(ord, method)) % 6  # the others: a stable colour each
-    return matplotlib.colormaps["tab10"](k % 10)
-
-
-def save(fig, path: str) -> None:
-    figures.save(fig, path, dpi=100)
-
-
-def accuracy_panel(ax, rows: Sequence[Row], base, errorbars: bool, title: str) -> None:
-    """Test accuracy vs number removed (log x) per method, the No Removal accuracy as a line."""
-    if base:
-        mean, std, _ = base
-        ax.axhline(mean, color="gray", ls="--", label="No Removal")
-        if errorbars and std > 0:
-            ax.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
-    for method in dict.fromkeys(r.method for r in rows):
-        rs = [r for r in rows if r.method == method and r.n_removed > 0]
-        if rs:
-            ax.errorbar([r.n_removed for r in rs], [r.mean for r in rs],
-                        yerr=[r.std for r in rs] if errorbars else None, marker="o", ms=4, capsize=3,
-                        color=color(method), label=method)
-    ns = sorted({r.n_removed for r in rows if r.n_removed > 0})
-    if ns:  # log x with the removal sizes themselves as ticks
-        import matplotlib.ticker as mticker
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_locator(mticker.NullLocator())
-        ax.set_xticks(ns)
-        ax.set_xticklabels([str(n) for n in ns], rotation=45 if len(ns) > 6 else 0, fontsize=8)
-    ax.set_xlabel("number of instances removed")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def trials_text(rows: Sequence[Row]) -> str:
-    k = sorted({r.n_trials for r in rows})
-    return f"{k[0]} trial{'s' if k[0] > 1 else ''}" if len(k) == 1 else f"{k[0]}-{k[-1]} trials"
-
-
-def plot_result(rows: Sequence[Row], base, path: str, errorbars: bool, title: str) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    accuracy_panel(ax, rows, base, errorbars, title + (", ±1 std over trials" if errorbars else ", mean over trials"))
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_batch_sizes(by_bs: Dict[int, Tuple[List[Row], tuple]], path: str, dataset: str) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(by_bs), figsize=(4.2 * len(by_bs), 3.8), sharey=True, squeeze=False)
-    for ax, bs in zip(axes[0], sorted(by_bs)):
-        rows, base = by_bs[bs]
-        accuracy_panel(ax, rows, base, True, f"{dataset} batch size {bs} ({trials_text(rows)})")
-    fig.tight_layout()
-    save(fig, path)
-
-
-def plot_agreement(rows: Sequence[dict], path: str, seed: int) -> None:
-    pairs = list(dict.fromkeys((r["method_a"], r["method_b"]) for r in rows))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
-    for ax, (a, b) in zip(axes[0], pairs):
-        r = next(r for r in rows if (r["method_a"], r["method_b"]) == (a, b))
-        ax.scatter(r["a"], r["b"], s=4, alpha=0.4, color=color(b), rasterized=True)
-        ax.axhline(0, color="gray", lw=0.5)
-        ax.axvline(0, color="gray", lw=0.5)
-        ax.set_xlabel(f"{a} influence")
-        ax.set_ylabel(f"{b} influence")
-        ax.set_title(f"{a} vs {b}, seed {seed} ({r['n_instances']} instances)\n"
-                     f"Spearman {r['spearman']:.3f}, Kendall tau-b {r['kendall_tau_b']:.3f}", fontsize=9)
-        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-    fig.tight_layout()
-    save(fig, path)
-
-
-def mosaic(images: np.ndarray, cols: int, gap_x: int, gap_y: int) -> np.ndarray:
-    """uint8 NCHW images -> one HWC uint8 picture, `cols` per row, white gaps (gap_y below each row)."""
-    n, c, h, w = images.shape
-    rows = max(1, math.ceil(n / cols))
-    out = np.full((rows * (h + gap_y), cols * (w + gap_x) - gap_x, c), 255, np.uint8)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        out[r * (h + gap_y):r * (h + gap_y) + h, q * (w + gap_x):q * (w + gap_x) + w] = images[k].transpose(1, 2, 0)
-    return out
-
-
-def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: str, title: str,
-              class_names: Sequence[str] = ()) -> None:
-    """Up to 32 images (uint8 NCHW) in rows of 8, each captioned with label (its class
-    name when known) and influence.
-
-    One picture in one axes (32 small axes take seconds to lay out)."""
-    plt = pyplot()
-    cols, (h, w) = 8, images.shape[2:]
-    gx, gy = max(2, w // 8), int(h * 0.6)
-    m = mosaic(images, cols, gx, gy)
-    rows = m.shape[0] // (h + gy)
-    fig = plt.figure(figsize=(cols * 1.0, rows * 1.3 + 0.35))
-    ax = fig.add_axes((0.005, 0.005, 0.99, 1 - 0.4 / (rows * 1.3 + 0.35)))
-    ax.imshow(m[..., 0] if m.shape[2] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    for k in range(len(images)):
-        r, q = divmod(k, cols)
-        y = int(labels[k])
-        name = class_names[y] if y < len(class_names) else f"y={y}"
-        ax.text(q * (w + gx) + w / 2, r * (h + gy) + h + 1, f"{name}  {values[k]:.2e}",
-                ha="center", va="top", fontsize=6.5)
-    ax.axis("off")
-    fig.suptitle(title, fontsize=9, y=0.995, va="top")
-    save(fig, path)
-
-
-def load_train_images(folder: Folder, seed: int):
-    """The run's training split for `seed`, loaded exactly as the drivers load it."""
-    return data_for(args_from_settings(folder.settings), seed).train
-
-
-def write_grids(influence: Influence, source: Dict[str, Folder], fig_dir: str) -> List[str]:
-    """harmful_/helpful_<method>_seed<k>.png for every scoring method and trial."""
-    written = []
-    for method in sorted((m for m in influence if not is_control(m)), key=sort_key):
-        for seed, path in sorted(influence[method].items()):
-            try:
-                train = load_train_images(source[method], seed)
-            except (UserError, OSError, AttributeError, TypeError) as e:
-                warn(f"image grids skipped: cannot load the training data of {source[method].path} ({e})")
-                return written
-            f = layout.read_influence_csv(path)
-            if len(f["index"]) and (f["index"].max() >= len(train)
-                                    or not np.array_equal(train.ids[f["index"]], f["ids"])
-                                    or not np.array_equal(train.y[f["index"]], f["labels"])):
-                warn(f"image grids skipped: {path} does not match the data its run.json settings load "
-                     f"(ids or labels differ)")
-                return written
-            k = min(GRID, len(f["index"]))
-            for kind, pick in (("harmful", np.arange(k)), ("helpful", np.arange(len(f["index"]))[::-1][:k])):
-                out = os.path.join(fig_dir, f"{kind}_{method}_seed{seed}.png")
-                idx = f["index"][pick]
-                which = "most negative: removal lowers the validation loss" if kind == "harmful" \
-                    else "most positive: removal raises the validation loss"
-                plot_grid(train.x[idx], f["labels"][pick], f["influence"][pick], out,
-                          f"{method}, seed {seed}: the {k} {which}",
-                          CLASS_NAMES.get(source[method].settings.get("dataset"), ()))
-                written.append(out)
-    return written
-
-
 # ------------------------------------------------------------------------ driver
 @dataclass
 class Inputs:
@@ -647,7 +343,6 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
                  table1_rows(inp.groups, inp.n_train))
     written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
     if os.path.isdir(os.path.join(paths[0], "noise")):  # --label-noise: how well each order finds flipped labels
-        from .noise import write_noise_detection
         written += write_noise_detection(out, {m: inp.influence[m] for m in sorted(inp.influence, key=sort_key)},
                                          paths[0], [n for n in removal_sizes(inp) if n > 0])
     if images:

@@ -36,3 +36,8 @@ def run_command(body: Callable[[], Optional[int]], output_dir: str = "") -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def warn(msg: str) -> None:
+    """A warning line on stderr (the run goes on)."""
+    print(f"warning: {msg}", file=sys.stderr)

@@ -15,11 +15,9 @@ import numpy as np
 from datasets import Data
 from models import cnn
 from .graphs import GraphCache, evaluate
-from .params import load_checkpoint
-from .layout import checkpoint_path
-from .step_record import StepRecord
 from .layout import step_record_path
-from .train import SGD, init_model
+from .step_record import StepRecord
+from .train import SGD, load_model
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
@@ -27,9 +25,7 @@ def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
     """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch."""
     record = StepRecord.load(step_record_path(run_dir))
     first = 0 if retrain_all else record.n_epochs - 1
-    cache = init_model(data, seed=0, batch_size=batch_size, net=net)
-    load_checkpoint(checkpoint_path(run_dir, first))
-    sgd = SGD(cache, data)
+    sgd = SGD(load_model(data, run_dir, first, batch_size, net), data)
     test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
     keep = np.ones(len(data.train), bool)
     keep[removed] = False

@@ -252,8 +252,24 @@ class FDRetraceGraph:
 RETRACE_GRAPHS = {"exact": RetraceGraph, "fd": FDRetraceGraph}
 
 
+# Vectors in parameter space: one array per trainable parameter, in trainable_params() order.
+def dot(a: List[np.ndarray], b: List[np.ndarray]) -> float:
+    """<a, b> accumulated in float64."""
+    return float(sum(np.vdot(x.astype(np.float64), y) for x, y in zip(a, b)))
+
+
 def flat_norm(arrays: List[np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays)))
+
+
+def flat(arrays: List[np.ndarray]) -> np.ndarray:
+    """One float64 vector of the arrays, concatenated."""
+    return np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+
+
+def flat_trainable() -> np.ndarray:
+    """theta, the trainable parameters' current values, as one float64 vector."""
+    return flat([p.d for p in trainable_params().values()])
 
 
 def evaluate(cache: GraphCache, x_norm_fn, split, batch_size: int = 500):

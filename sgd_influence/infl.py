@@ -50,11 +50,10 @@ from tqdm import tqdm
 from datasets import Data
 from models import cnn
 from .graphs import RETRACE_GRAPHS, GraphCache, LossGraph, trainable_params, zero_grads
-from .params import StepParamsReader, load_checkpoint
-from .layout import checkpoint_path, step_params_path
+from .layout import step_params_path, step_record_path
+from .params import StepParamsReader
 from .step_record import StepRecord
-from .layout import step_record_path
-from .train import init_model
+from .train import load_model
 
 RETRACE_METHODS = ("Hara", "Ours")
 RETRACE_MODES = tuple(RETRACE_GRAPHS)  # ("exact", "fd")
@@ -77,8 +76,7 @@ def val_gradient(data: Data, batch_size: int = 500, net: Callable = cnn) -> List
 
 def load_final_model(data: Data, run_dir: str, n_epochs: int, batch_size: int, net: Callable = cnn) -> None:
     """Create the model's variables and load theta[T], the parameters after the last epoch."""
-    init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables; values loaded next
-    load_checkpoint(checkpoint_path(run_dir, n_epochs))
+    load_model(data, run_dir, n_epochs, batch_size, net)
 
 
 def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndarray,

@@ -10,7 +10,8 @@ import os
 import re
 import zipfile
 from io import StringIO
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -83,6 +84,25 @@ def read_json(path: str):
     with reading(path):
         with open(path) as f:
             return json.load(f)
+
+
+@dataclass
+class Folder:
+    """One output folder and the settings its run.json recorded ({} without one)."""
+    path: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return self.settings.get("batch_size")
+
+
+def read_folder(path: str) -> Folder:
+    """An output folder of a driver, with its run.json settings."""
+    if not os.path.isdir(path):
+        raise UserError(f"{path} is not a folder; pass output folders of eval_sgd_influence.py "
+                        f"or eval_influence_functions.py")
+    return Folder(path, read_settings(path))
 
 
 def read_settings(out: str) -> dict:

@@ -51,9 +51,8 @@ from .runner import run_units
 from .graphs import GraphCache, evaluate, trainable_params
 from .metrics import pearson, spearman
 from .params import StepParamsReader, StepParamsWriter, load_checkpoint
-from .layout import checkpoint_path
+from .layout import checkpoint_path, step_record_path
 from .step_record import StepRecord
-from .layout import step_record_path
 from .train import SGD, init_model
 
 # ----------------------------------------------------------------- subsets

@@ -27,7 +27,8 @@ import numpy as np
 
 from datasets import Data
 from .errors import UserError
-from .layout import atomic_path, noise_path, read_removal_order, write_text
+from .figures import pyplot, save
+from .layout import noise_path, read_removal_order, write_text
 
 FLIPPED_COLUMNS = ("datasource_index", "x:image", "original_label", "noisy_label")
 
@@ -142,10 +143,7 @@ def write_noise_detection(out: str, influence: Dict[str, Dict[int, str]], run_di
 
 def plot_detection(curves: Dict[str, List[np.ndarray]], path: str) -> None:
     """Recall of flipped labels vs fraction of the training set checked (mean over trials)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for m, cs in curves.items():
         r = np.mean(cs, axis=0)
         ax.plot(np.linspace(0, 1, len(r)), r, label=f"{m} (AUC {curve_area(r):.3f})")
@@ -157,6 +155,4 @@ def plot_detection(curves: Dict[str, List[np.ndarray]], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save(fig, path, dpi=120)

@@ -23,11 +23,9 @@ from datasets import Data
 from models import cnn
 from .errors import UserError
 from .graphs import GraphCache, trainable_params
-from .layout import write_json, write_text
-from .params import StepParamsWriter, save_checkpoint
-from .layout import checkpoint_path, step_params_path
+from .layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
+from .params import StepParamsWriter, load_checkpoint, save_checkpoint
 from .step_record import StepRecord, epoch_batches
-from .layout import step_record_path
 
 
 def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> GraphCache:
@@ -36,6 +34,14 @@ def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> G
     nn.random.prng = np.random.RandomState(seed)
     cache = GraphCache(data.image_shape, data.n_classes, test=False, net=net)
     cache.get(batch_size)  # creates the parameters
+    return cache
+
+
+def load_model(data: Data, run_dir: str, epoch: int, batch_size: int, net: Callable = cnn) -> GraphCache:
+    """The model's variables (as `init_model`), then the values of the run's checkpoint after
+    `epoch` epochs; the training-mode graphs."""
+    cache = init_model(data, seed=0, batch_size=batch_size, net=net)  # creates the variables
+    load_checkpoint(checkpoint_path(run_dir, epoch))
     return cache
 
 

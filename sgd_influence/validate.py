@@ -42,17 +42,16 @@ from models import cnn
 from . import figures, layout, lds, network
 from .controls import negated_training_loss, random_key
 from .errors import UserError, run_command
-from .graphs import GraphCache, evaluate, trainable_params
+from .graphs import GraphCache, evaluate, flat, flat_trainable
 from .infl import load_final_model, retrace, val_gradient
 from .methods import DRIVER_METHODS, METHODS
 from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
-from .params import StepParamsReader, load_checkpoint
-from .layout import checkpoint_path, step_params_path
-from .settings import (HelpFormatter, build_parser as driver_parser, check_settings, code_version, device,
-                       differences, nonneg_int, positive_float, positive_int, set_context, PREDATING_VALUES)
+from .layout import step_params_path, step_record_path
+from .params import StepParamsReader
+from .settings import (PREDATING_VALUES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
+                       device, differences, nonneg_int, positive_float, positive_int, set_context)
 from .step_record import StepRecord
-from .layout import step_record_path
-from .train import SGD, init_model, train
+from .train import SGD, load_model, train
 
 # The estimators: every method of the table (methods.METHODS), the published variants of Ours included.
 ESTIMATORS = tuple(METHODS)
@@ -139,10 +138,6 @@ def pick_instances(ours: np.ndarray, m: int, seed: int) -> Tuple[np.ndarray, Lis
 
 
 # ------------------------------------------------------------- counterfactuals
-def flat_trainable() -> np.ndarray:
-    return np.concatenate([p.d.ravel() for p in trainable_params().values()]).astype(np.float64)
-
-
 class Counterfactuals:
     """theta_{-j}[T] for single instances j, replayed from j's step of the last epoch."""
 
@@ -155,10 +150,9 @@ class Counterfactuals:
         for r, t in enumerate(self.steps):
             self.row[self.record.batch(t)[0]] = r
         self.stored = StepParamsReader(step_params_path(run_dir, last))
-        self.sgd = SGD(init_model(data, 0, batch_size, net), data)
+        self.sgd = SGD(load_model(data, run_dir, self.record.n_epochs, batch_size, net), data)
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
-        load_checkpoint(checkpoint_path(run_dir, self.record.n_epochs))
-        self.u = np.concatenate([g.ravel() for g in val_gradient(data, net=net)]).astype(np.float64)
+        self.u = flat(val_gradient(data, net=net))
         # Paired truths: the baseline is the same replay with nothing removed. On CPU it is
         # theta[T] bit for bit; where replays are not bit-exact (GPU) it carries the same
         # nondeterminism as every counterfactual, which a stored theta[T] would not.

@@ -8,7 +8,7 @@ import pytest
 
 from datasets import load_dataset
 from sgd_influence import analyze as A
-from sgd_influence import layout
+from sgd_influence import grids, layout
 from sgd_influence.metrics import kendall_tau_b, spearman
 
 N_TRAIN, BS, EPOCHS = 40, 16, 2
@@ -186,9 +186,9 @@ def test_every_figure_written(single):
 
 def test_grids_show_the_run_images_in_removal_order(single, idx_dir, monkeypatch):
     shown = []
-    monkeypatch.setattr(A, "plot_grid", lambda images, labels, values, path, title, names: shown.append(
+    monkeypatch.setattr(grids, "plot_grid", lambda images, labels, values, path, title, names: shown.append(
         (os.path.basename(path), images, labels, values, names)))
-    A.write_grids({"Hara": {1: layout.influence_path(single, "Hara", 1)}}, {"Hara": A.read_folder(single)}, "unused")
+    grids.write_grids({"Hara": {1: layout.influence_path(single, "Hara", 1)}}, {"Hara": layout.read_folder(single)}, "unused")
     train = load_dataset("fashion_mnist", 1, idx_dir, N_TRAIN, 8, 8).train
     (name_h, img_h, y_h, v_h, names), (name_p, img_p, y_p, v_p, _) = shown
     assert names[0] == "T-shirt" and names[9] == "Boot"  # Fashion-MNIST's classes by label
@@ -204,7 +204,7 @@ def test_grids_refuse_files_of_other_data(single, tmp_path, capsys):
     path = str(tmp_path / "influence_hara_0.csv")
     ids = np.array([f"other/train/{i:05d}" for i in range(N_TRAIN)])
     layout.write_influence_csv(path, ids, np.zeros(N_TRAIN, np.int64), influence_values("Hara"))
-    assert A.write_grids({"Hara": {0: path}}, {"Hara": A.read_folder(single)}, str(tmp_path / "fig")) == []
+    assert grids.write_grids({"Hara": {0: path}}, {"Hara": layout.read_folder(single)}, str(tmp_path / "fig")) == []
     assert "does not match the data" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "fig")
 

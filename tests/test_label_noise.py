@@ -13,10 +13,8 @@ from sgd_influence.errors import UserError
 from sgd_influence.graphs import LossGraph, trainable_params
 from sgd_influence.infl import load_final_model, retrace, val_gradient
 from sgd_influence.noise import detection, flip_labels, with_label_noise, write_flipped_csv, write_noise_detection
-from sgd_influence.layout import noise_path
-from sgd_influence.layout import influence_path, write_influence_csv
+from sgd_influence.layout import influence_path, noise_path, step_record_path, write_influence_csv
 from sgd_influence.step_record import StepRecord
-from sgd_influence.layout import step_record_path
 from sgd_influence.train import train
 from test_end_to_end import TINY_RUN, run
 

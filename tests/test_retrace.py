@@ -16,9 +16,8 @@ from sgd_influence.infl import retrace, val_gradient
 from sgd_influence.errors import UserError
 from sgd_influence.metrics import spearman
 from sgd_influence.params import StepParamsReader, load_checkpoint
-from sgd_influence.layout import checkpoint_path, step_params_path
+from sgd_influence.layout import checkpoint_path, step_params_path, step_record_path
 from sgd_influence.step_record import StepRecord
-from sgd_influence.layout import step_record_path
 from sgd_influence.train import SGD, init_model, train
 
 

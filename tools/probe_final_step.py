@@ -29,8 +29,7 @@ from sgd_influence.settings import set_context  # noqa: E402
 from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
                                   RetraceGraph, trainable_params, zero_grads)
 from sgd_influence.metrics import spearman  # noqa: E402
-from sgd_influence.layout import step_params_path  # noqa: E402
-from sgd_influence.layout import step_record_path  # noqa: E402
+from sgd_influence.layout import step_params_path, step_record_path  # noqa: E402
 from sgd_influence.train import train  # noqa: E402
 from sgd_influence.validate import Counterfactuals, build_parser, prepare_output  # noqa: E402
 

@@ -1,0 +1,144 @@
+"""The paper's Table 1: the cache each method keeps, measured in a run and projected to paper scale.
+
+Hara keeps theta[t] of every step of the last epoch (|theta| x T float32), Ours only the final
+theta; keeping every epoch's steps would be |theta| x T x K. Written by analyze as
+summary/table1_cache.csv and .md.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import nnabla as nn
+
+from models import cnn
+from . import layout
+from .layout import Folder
+
+# The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
+PAPER_BATCH, PAPER_EPOCHS = 32, 20
+PAPER_TABLE1 = {  # dataset: (training images, input channels, {cache: bytes as printed in the paper})
+    "mnist": (50000, 1, {"all": 38.64e9, "hara": 1.932e9, "ours": 1.236e6}),
+    "cifar10": (40000, 3, {"all": 30.90e9, "hara": 1.545e9, "ours": 1.236e6}),
+}
+CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"))
+
+
+def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
+    """(parameter count, size of the nnabla .h5 checkpoint) of the paper's network at 32x32."""
+    with nn.parameter_scope(f"_table1_{channels}"):
+        nn.clear_parameters()
+        cnn(nn.Variable((1, channels, 32, 32)), n_classes)
+        params = nn.get_parameters(grad_only=False)
+        count = int(sum(v.size for v in params.values()))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "params.h5")
+            nn.save_parameters(path, params=params, extension=".h5")
+            h5 = os.path.getsize(path)
+        nn.clear_parameters()
+    return count, h5
+
+
+def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int) -> Dict[str, int]:
+    """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final."""
+    return {"all": param_bytes * steps_per_epoch * epochs, "hara": param_bytes * steps_per_epoch,
+            "ours": param_bytes}
+
+
+def find_cache_size(folders: Sequence[Folder]) -> Optional[Tuple[Folder, dict]]:
+    """The first cache_size.json that measured Hara's store, else the first at all (trials are alike)."""
+    found = []
+    for f in folders:
+        for path in sorted(glob.glob(os.path.join(f.path, "train", "seed_*", "cache_size.json"))):
+            found.append((f, layout.read_json(path)))
+    return next((x for x in found if "hara_bytes" in x[1]), found[0] if found else None)
+
+
+def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optional[int], Optional[int]]) -> List[dict]:
+    """This run's measured cache sizes (per batch size), then the paper-scale projection.
+
+    Measured: Ours = the final .h5 checkpoint, Hara = the per-step float32 store of the last epoch;
+    'all' = that store times the epochs (projected: only the last epoch is kept). Paper scale:
+    float32 parameter count x 4 x T (x K), T = ceil(N / 32), K = 20; Ours also as the .h5 size.
+    """
+    rows = []
+    for bs, folders in groups.items():
+        found = find_cache_size(folders)
+        if not found:
+            continue
+        folder, c = found
+        epochs = folder.settings.get("n_epochs")
+        n = n_train.get(bs)
+        t = c.get("hara_steps") or (math.ceil(n / bs) if n and bs else None)
+        pb = int(c["param_bytes_float32"])
+        f32 = cache_bytes(pb, t, epochs) if t and epochs else {"ours": pb}
+        hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
+        saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None}
+        for cache, _ in CACHES:
+            rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
+                         "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
+                         "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
+                         "paper_bytes": None})
+    for dataset, (n, channels, paper) in PAPER_TABLE1.items():
+        count, h5 = model_param_bytes(channels)
+        t = math.ceil(n / PAPER_BATCH)
+        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS)
+        saved = dict(f32, ours=h5)  # Hara's store here is raw float32: exactly |theta| x T x 4 bytes
+        for cache, _ in CACHES:
+            rows.append({"scope": "paper scale", "dataset": dataset, "n_train": n, "batch_size": PAPER_BATCH,
+                         "epochs": PAPER_EPOCHS, "steps_per_epoch": t, "param_count": count, "cache": cache,
+                         "float32_bytes": f32[cache], "saved_bytes": saved[cache], "paper_bytes": paper[cache]})
+    for r in rows:
+        r["float32_vs_paper"] = r["float32_bytes"] / r["paper_bytes"] - 1 if r["paper_bytes"] else None
+    return rows
+
+
+TABLE1_COLUMNS = ("scope", "dataset", "n_train", "batch_size", "epochs", "steps_per_epoch", "param_count", "cache",
+                  "float32_bytes", "saved_bytes", "paper_bytes", "float32_vs_paper")
+
+
+def human(b: Optional[float]) -> str:
+    """Decimal units, as the paper prints them."""
+    if b is None:
+        return "–"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:#.4g}".rstrip(".") + f" {unit}"  # 4 significant digits, trailing zeros kept
+    return f"{b:.0f} B"
+
+
+def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
+    def fmt(key, v):
+        if v is None:
+            return ""
+        return f"{v:.6f}" if key == "float32_vs_paper" else f"{v:.0f}" if isinstance(v, float) else str(v)
+    lines = [",".join(TABLE1_COLUMNS)] + [",".join(fmt(c, r[c]) for c in TABLE1_COLUMNS) for r in rows]
+    layout.write_text(csv_path, "\n".join(lines) + "\n")
+
+    cols = {}  # column title -> {cache: cell}
+    for r in rows:
+        if r["scope"] == "this run":
+            title = (f"this run ({r['dataset']}, N={r['n_train'] or '?'}, B={r['batch_size']}, "
+                     f"K={r['epochs']}, T={r['steps_per_epoch']}), measured")
+            cell = human(r["saved_bytes"]) if r["saved_bytes"] is not None else human(r["float32_bytes"])
+            if r["cache"] == "ours":
+                cell = f"{human(r['float32_bytes'])} float32; .h5 {human(r['saved_bytes'])}"
+            elif r["cache"] == "all" and r["saved_bytes"] is not None:
+                cell += " (projected ×K)"
+            cols.setdefault(title, {})[r["cache"]] = cell
+        else:
+            name = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[r["dataset"]]
+            title = f"{name} (N={r['n_train']:,}, B={r['batch_size']}, K={r['epochs']}, T={r['steps_per_epoch']:,})"
+            cell = f"{human(r['float32_bytes'])} ({r['float32_vs_paper']:+.2%})"
+            if r["cache"] == "ours":
+                cell += f"; .h5 {human(r['saved_bytes'])}"
+            cols.setdefault(title + ", projected", {})[r["cache"]] = cell
+            cols.setdefault(f"{name}, paper", {})[r["cache"]] = human(r["paper_bytes"])
+    md = ["| cache | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |" for cache, label in CACHES]
+    md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs. "
+           "Percentages: projection vs the paper's Table 1. MB/GB are 10^6/10^9 bytes."]
+    layout.write_text(md_path, "\n".join(md) + "\n")
