@@ -14,12 +14,12 @@ DEMO_SETTINGS := -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 --lr
 # DEMO_EXTRA: more driver options, e.g. DEMO_EXTRA="--bn-coupling off"
 DEMO_EXTRA ?=
 DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 $(PARALLEL) $(DEMO_EXTRA)
-# The fidelity yardstick at the demo's settings (README "How accurate is each estimator").
+# The fidelity yardstick at the demo's settings (docs/accuracy.md).
 LDS_OUT ?= output_lds
 LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds $(PARALLEL)
 
-# The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU, README
-# "Regenerating the paper"): 10 trials, batch 32, 20 epochs, the published defaults otherwise
+# The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU,
+# docs/paper.md): 10 trials, batch 32, 20 epochs, the published defaults otherwise
 # (lr 0.05, augmentation, removal sizes 0..30000), both drivers, then one merged analysis in
 # $(PAPER_OUT)/summary and $(PAPER_OUT)/fig. Interrupted? Run it again: finished units are kept.
 DATASET ?= mnist
@@ -58,7 +58,7 @@ test-all: venv
 	$(PY) -m pytest -q tests
 
 # Slow, root only: `make test` from nothing on freshly debootstrapped Debian 12 / Ubuntu 22.04
-# machines, a pyenv machine and this one (README "Two commands"). FRESH=... picks scenarios.
+# machines, a pyenv machine and this one (docs/setup.md). FRESH=... picks scenarios.
 FRESH ?=
 check-fresh:
 	bash tools/check_fresh_machines.sh $(FRESH)
@@ -66,7 +66,7 @@ check-fresh:
 clean-demo:
 	rm -rf $(DEMO_OUT)
 
-# Hara et al. Sec. 7.1 (README "Hara et al. Sec. 7.1"): both models at the published settings,
+# Hara et al. Sec. 7.1 (docs/accuracy.md, "Hara et al. Sec. 7.1"): both models at the published settings,
 # MNIST 1 vs 7 when data/mnist holds the MNIST files, else Fashion-MNIST Trouser vs Dress.
 # Re-running recomputes nothing; more trials add only the new seeds.
 HARA71_OUT ?= output_hara71

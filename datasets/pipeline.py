@@ -20,7 +20,7 @@ from .nnc_csv import read_image, read_rows
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "stl10", "csv")
-# Validation instances drawn from the official training set (design.md §3); for user CSVs
+# Validation instances drawn from the official training set (README, Datasets); for user CSVs
 # without --val-csv: CSV_VAL_FRACTION of the training CSV.
 VAL_SIZE = {"fashion_mnist": 10000, "mnist": 10000, "cifar10": 10000, "stl10": 1000}
 CSV_VAL_FRACTION = 0.1

@@ -199,7 +199,7 @@ class FDRetraceGraph:
 
     eps = rel_step * |theta| / |u|: the step moves theta by rel_step of its norm.
     On the six-conv net 3e-4 sits between float32 rounding (smaller steps) and
-    truncation (larger ones); README, Performance, has the sweep. The pinning holds
+    truncation (larger ones); docs/performance.md has the sweep. The pinning holds
     while every pinned input moves by less than its layer's RMS (it moves by about
     rel_step of it).
     """

@@ -3,7 +3,7 @@
     python validate_influence.py --protocol hara71 --model logreg -o OUT --trials 30
 
 Per trial (seed s = 0..K-1), following the published code (sato9hara/sgd-influence,
-experiment/Sec71; README "Hara et al. Sec. 7.1"):
+experiment/Sec71; docs/accuracy.md, "Hara et al. Sec. 7.1"):
 
 - data: a two-class task (MNIST 1 vs 7 when <data-dir>/mnist holds the IDX files, else a
   Fashion-MNIST pair), pool = the two classes of the official training images 5,000..59,999
@@ -590,7 +590,7 @@ def summarize(results: List[dict], settings: dict) -> dict:
            "test_accuracy": _mean_std([r["test_accuracy"] for r in results]),
            "val_loss": _mean_std([r["val_loss"] for r in results]),
            "settings": settings, "std": "over trials, ddof 0 (numpy's, as the published notebook)"}
-    # How far the truth itself is from what the estimators linearise (README explains them).
+    # How far the truth itself is from what the estimators linearise (docs/accuracy.md explains them).
     out["diagnostics"] = {
         "kendall_truth_linear_vs_truth": _mean_std([kendall_tau_b(r["truth_linear"], r["truth"]) for r in results]),
         "kendall_Hara_vs_truth_linear": _mean_std([kendall_tau_b(r["Hara"], r["truth_linear"]) for r in results]),

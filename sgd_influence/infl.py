@@ -18,7 +18,7 @@ Ours at theta = theta[T] (final parameters only). Both quantities of a step come
 from the same passes: `mode="fd"` (default) central differences along u on the
 network pinned to its ReLU/max-pool branches at theta (`FDRetraceGraph`, about
 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
-about 5); README, Performance, has the measured agreement. With `retrace_u=False` u stays
+about 5); docs/performance.md has the measured agreement. With `retrace_u=False` u stays
 the validation gradient: Ours without the Hessian terms, the control method
 TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
 

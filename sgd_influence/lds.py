@@ -2,7 +2,7 @@
 
 (Park et al., "TRAK", ICML 2023; as in dattri and kronfluence.) The single-
 instance check of validate.py is mostly float32 chaos at the paper's learning
-rate (README, "How accurate is each estimator"); group removals averaged over
+rate (docs/accuracy.md); group removals averaged over
 paired noise replays are the field's yardstick:
 
     S_1..S_M        seeded random subsets of round(P n) training instances
@@ -21,7 +21,7 @@ probability 1/2, to its float32 neighbour above or below (seeded by (seed, r);
 r = 0: unperturbed): half an ulp on average, the size of one float32 rounding. Baseline and counterfactuals of one r share that start
 (paired), so a truth is a difference of two replays that saw the same noise;
 nothing removed gives exactly 0. The spread over r is the float32 chaos of
-the last epoch (a half-ulp at its start grows x2e5 by its end, README).
+the last epoch (a half-ulp at its start grows x2e5 by its end, docs/accuracy.md).
 
 Noise ceiling: Spearman over the subsets between the truths averaged over the
 even-numbered replays and over the odd-numbered ones (two disjoint halves).

@@ -125,7 +125,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "
                              "by SGD with momentum")
     # The published code uses alpha 10 on CIFAR-10 and 0.1 elsewhere; 0.1 and 1 diverged on the
-    # Fashion-MNIST demo model (README "The influence-functions driver"), so 10 everywhere.
+    # Fashion-MNIST demo model (docs/influence_functions.md), so 10 everywhere.
     g.add_argument("--if-alpha", type=positive_float, default=10.0,
                    help="damping alpha (published: 10 on cifar10, 0.1 otherwise; 0.1 diverges, see README)")
     g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")

@@ -451,7 +451,7 @@ def driver_choices(parser: argparse.ArgumentParser, dest: str) -> list:
     return next(a.choices for a in parser._actions if a.dest == dest)
 
 
-# LDS defaults (README, How accurate is each estimator: the cheapest fraction and number of
+# LDS defaults (docs/accuracy.md, Group removals: the cheapest fraction and number of
 # replays whose noise ceiling reached 0.8 on the make demo settings).
 LDS_FRACTIONS = (0.5,)
 LDS_SUBSETS = 50

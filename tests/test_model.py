@@ -12,7 +12,8 @@ def count_params(channels):
 
 
 def test_six_conv_net_has_the_papers_parameter_count():
-    # 307,370 trainable + 448 batch-norm running statistics (design.md §3).
+    # 307,370 trainable + 448 batch-norm running statistics (mean and variance of the 32 + 64 + 128
+    # batch-norm channels; models/cnn.py).
     assert count_params(1) == (307818, 307370)
     assert count_params(3) == (308394, 307946)
     # Paper Table 1, "Ours": 1.236 MB of float32; within 1%.

@@ -1,4 +1,4 @@
-"""How linear is leave-one-out in Hara et al.'s Sec. 7.1 setting? (README "Hara et al. Sec. 7.1")
+"""How linear is leave-one-out in Hara et al.'s Sec. 7.1 setting? (docs/accuracy.md, "Hara et al. Sec. 7.1")
 
 For a few trials of the published setting: SGD-influence (Hara, all epochs) against the actual
 change of the validation loss when instance j's loss weight is lowered by eps in every batch

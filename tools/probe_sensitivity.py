@@ -2,7 +2,7 @@
 
 Usage: python tools/probe_sensitivity.py OUT [--seed K]   (OUT: a validate_influence.py output folder)
 
-Evidence for the README's validation section. From the stored theta[t] at the
+Evidence for docs/accuracy.md, "Single instances". From the stored theta[t] at the
 start of the last epoch, the epoch is replayed with nothing removed after
 1) rounding-level noise: every trainable parameter times (1 + 6e-8 N(0, 1)),
    i.e. about half a float32 ulp;
