@@ -78,7 +78,7 @@ def load(args, n_train: int):
 def train_run(args, data, run_dir: str) -> float:
     from sgd_influence.train import train
     a = time.perf_counter()
-    train(data, run_dir, seed=0, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    train(data, run_dir, seed=0, epochs=args.n_epochs, batch_size=args.batch_size, lr=args.lr,
           keep_step_params=True, progress=False)
     return time.perf_counter() - a
 
@@ -254,7 +254,7 @@ def accuracy(data, run_dir: str, method: str, batch_size: int) -> dict:
     """Full exact and finite-difference retraces: agreement of influence, H u and u."""
     from sgd_influence.infl import retrace
     from sgd_influence.metrics import spearman
-    flat = lambda a: np.concatenate([v.ravel() for v in a]).astype(np.float64)  # noqa: E731
+    from sgd_influence.graphs import flat
     runs = {}
     for mode in ("exact", "fd"):
         hus, us = [], []
@@ -278,7 +278,7 @@ def parse(argv=None):
     p.add_argument("--n-train", type=int, default=None, help="training instances (default 1920; quick 768)")
     p.add_argument("-bs", "--batch-size", type=int, default=64, help="SGD mini-batch size")
     p.add_argument("-di", "--device-id", type=device, default="0", help="GPU id when nnabla-ext-cuda is installed, or cpu")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2; quick 1)")
+    p.add_argument("-e", "--n_epochs", type=int, default=None, help="training epochs (default 2; quick 1)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     p.add_argument("--n-val", type=int, default=128, help="validation instances (u; not timed)")
     p.add_argument("--n-test", type=int, default=100, help="test instances (loaded, not timed)")
@@ -292,8 +292,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.n_train is None:
         args.n_train = 768 if args.quick else 1920
-    if args.epochs is None:
-        args.epochs = 1 if args.quick else 2
+    if args.n_epochs is None:
+        args.n_epochs = 1 if args.quick else 2
     return args
 
 

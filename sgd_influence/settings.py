@@ -26,6 +26,8 @@ from .errors import UserError
 from .methods import DRIVER_METHODS, METHODS
 from .noise import with_label_noise
 
+RETRACE_CHOICES = ("fd", "exact")  # = graphs.RETRACE_GRAPHS (tests/test_retrace.py checks)
+BN_COUPLING_CHOICES = ("on", "off")
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
 
 
@@ -107,11 +109,11 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
                    help="flip the labels of round(P * n_train) training instances to another random class "
                         "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
-    p.add_argument("--retrace", choices=("fd", "exact"), default="fd",  # = graphs.RETRACE_GRAPHS
+    p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
                    help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
-    p.add_argument("--bn-coupling", choices=("on", "off"), default="on",
+    p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
                    help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
                         "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")

@@ -48,7 +48,7 @@ from .methods import DRIVER_METHODS, METHODS
 from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from .layout import step_params_path, step_record_path
 from .params import StepParamsReader
-from .settings import (PREDATING_VALUES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
+from .settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
                        device, differences, nonneg_int, positive_float, positive_int, set_context)
 from .step_record import StepRecord
 from .train import SGD, load_model, train
@@ -447,10 +447,6 @@ def print_summary(summary: dict) -> None:
               f"{a['sign_agreement']:6.3f}   ({v:6.3f})")
 
 
-def driver_choices(parser: argparse.ArgumentParser, dest: str) -> list:
-    return next(a.choices for a in parser._actions if a.dest == dest)
-
-
 # LDS defaults (docs/accuracy.md, Group removals: the cheapest fraction and number of
 # replays whose noise ceiling reached 0.8 on the make demo settings).
 LDS_FRACTIONS = (0.5,)
@@ -511,9 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"it picks the tails)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
-    p.add_argument("--retrace", choices=driver_choices(driver, "retrace"), default=driver.get_default("retrace"),
+    p.add_argument("--retrace", choices=RETRACE_CHOICES, default=driver.get_default("retrace"),
                    help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
-    p.add_argument("--bn-coupling", choices=driver_choices(driver, "bn_coupling"),
+    p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES,
                    default=driver.get_default("bn_coupling"),
                    help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
     p.add_argument("-di", "--device-id", type=device, default="0",

@@ -11,7 +11,8 @@ import functools
 import nnabla.functions as F
 
 from models import Ops
-from sgd_influence.graphs import BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, trainable_params
+from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, flat,
+                                  flat_trainable, trainable_params)
 from sgd_influence.infl import retrace, val_gradient
 from sgd_influence.errors import UserError
 from sgd_influence.metrics import spearman
@@ -21,15 +22,11 @@ from sgd_influence.step_record import StepRecord
 from sgd_influence.train import SGD, init_model, train
 
 
-def flat_trainable():
-    return np.concatenate([p.d.ravel() for p in trainable_params().values()]).astype(np.float64)
-
-
 def final_state(data, run_dir, epochs, net):
     """theta[T] and u (the validation gradient at theta[T]) as flat float64 vectors."""
     init_model(data, 0, 8, net)
     load_checkpoint(checkpoint_path(run_dir, epochs))
-    u = np.concatenate([g.ravel() for g in val_gradient(data, net=net)]).astype(np.float64)
+    u = flat(val_gradient(data, net=net))
     return flat_trainable(), u
 
 
