@@ -219,7 +219,7 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
 
 def run_units(units: List[Unit], args: argparse.Namespace, desc: str,
               on_result: Optional[Callable[[Unit, object], None]] = None, progress: bool = True) -> int:
-    """experiment.run_units on the cluster: independent units, one progress bar."""
+    """runner.run_units on the cluster: independent units, one progress bar."""
     return run_phases(args, [(desc, units)], None, on_result, progress)[desc]
 
 
