@@ -97,13 +97,18 @@ class RetraceGraph:
     def run(self, x: np.ndarray, y: np.ndarray, u: List[np.ndarray]):
         """Return (H u as a list of arrays, <u, g_i> for each sample)."""
         self.graph.feed(x, y, 1.0 / len(y))
+        resident = isinstance(u[0], nn.NdArray)  # u on the device: H u stays there (infl.retrace)
         for var, val in zip(self.u, u):
-            var.d = val
+            if resident:
+                var.data.copy_from(val)
+            else:
+                var.d = val
         zero_grads(self.params)
         self.graph.w.grad.zero()
         self.q.forward(clear_no_need_grad=True)
         self.q.backward(clear_buffer=True)
-        return [p.g.copy() for p in self.params], self.graph.w.g.copy()
+        hu = [F.identity(p.grad) for p in self.params] if resident else [p.g.copy() for p in self.params]
+        return hu, self.graph.w.g.copy()
 
 
 class BranchRecorder(Ops):
@@ -177,6 +182,48 @@ class BranchReplayer(Ops):
                 e.data.fill(-k)
 
 
+class DevicePins:
+    """`BranchReplayer.pin_to` as a small nnabla graph: the replayer's offsets computed from the
+    recorder's kept inputs where they live (on the GPU under cudnn), with no copy to the host.
+
+    The offsets' variables share their arrays with this graph's outputs, so `forward()` after
+    the recording forward pins the replayer. Same offsets as `pin_to` except for rounding of
+    k (the layer's RMS, summed here by nnabla instead of numpy): the branch masks are equal.
+    """
+
+    def __init__(self, recorder: BranchRecorder, replayer: BranchReplayer):
+        assert len(recorder.kept) == len(replayer.offsets)
+        outs = []
+        for (h, pooled), (c, e) in zip(recorder.kept, replayer.offsets):
+            z = h.get_unlinked_variable(need_grad=False)  # the recorded input, its graph cut
+            k = F.pow_scalar(F.mean(F.pow_scalar(z, 2.0)), 0.5)
+            k = F.reshape(F.add2(k, F.equal_scalar(k, 0.0)), (1,) * len(h.shape))  # an all-zero layer: k = 1
+            if pooled is None:
+                on = F.greater_scalar(z, 0.0)  # 1 where the recorded ReLU passes, else 0
+                c_new = F.mul2(F.add_scalar(F.mul_scalar(on, 2.0), -1.0), k)  # +k / -k
+                e_new = F.mul2(F.mul_scalar(on, -1.0), k)  # -k / 0
+            else:  # kernel = stride windows; an odd edge row or column gets no offset (as pin_to)
+                b, ch, hh, ww = h.shape
+                ph, pw = pooled.shape[2:]
+                kh, kw = hh // ph, ww // pw
+                inside = z if (ph * kh, pw * kw) == (hh, ww) else \
+                    F.slice(z, start=(0, 0, 0, 0), stop=(b, ch, ph * kh, pw * kw))
+                picked = pooled.get_unlinked_variable(need_grad=False)
+                top = F.equal(inside, F.unpooling(picked, (kh, kw)))
+                c_new = F.mul2(top, k)
+                if (ph * kh, pw * kw) != (hh, ww):
+                    c_new = F.pad(c_new, (0, hh - ph * kh, 0, ww - pw * kw))
+                e_new = F.broadcast(F.mul_scalar(k, -1.0), pooled.shape)
+            for out, var in ((c_new, c), (e_new, e)):
+                out.persistent = True
+                outs.append(out)
+                var.data = out.data  # the replayer reads what this graph writes
+        self.sink = F.sink(*outs)
+
+    def forward(self) -> None:
+        self.sink.forward(clear_no_need_grad=True)
+
+
 class FDRetraceGraph:
     """Both quantities of a retrace step from central differences along u.
 
@@ -218,6 +265,7 @@ class FDRetraceGraph:
         self.pinned = LossGraph(*args, net=net, ops=self.replayer, w_need_grad=bn_coupling,
                                 bn_coupling=bn_coupling)
         self.pinned.per_sample.persistent = True
+        self.device_pins = None  # built on first use by a resident run (u given as NdArrays)
 
     def _pass(self, theta: List[np.ndarray], u: List[np.ndarray], step: float):
         """Parameter gradients and dL/dw_i (= l_i without coupling) at theta + step * u."""
@@ -232,7 +280,10 @@ class FDRetraceGraph:
         return [p.g.copy() for p in self.params], dw.copy()
 
     def run(self, x: np.ndarray, y: np.ndarray, u: List[np.ndarray]):
-        """Return (H u as a list of arrays, dQ/dw_i for each sample), like `RetraceGraph.run`."""
+        """Return (H u as a list of arrays, dQ/dw_i for each sample), like `RetraceGraph.run`.
+        With u as nnabla NdArrays the step stays on the device (`_run_resident`)."""
+        if isinstance(u[0], nn.NdArray):
+            return self._run_resident(x, y, u)
         theta = [p.d.copy() for p in self.params]
         if flat_norm(u) == 0:
             return [np.zeros_like(a) for a in u], np.zeros(len(y))
@@ -246,6 +297,38 @@ class FDRetraceGraph:
         for p, t in zip(self.params, theta):
             p.d = t
         hu = [(a - b) / np.float32(2 * eps) for a, b in zip(g_plus, g_minus)]
+        return hu, (l_plus.astype(np.float64) - l_minus) / (2 * eps)
+
+    def _run_resident(self, x: np.ndarray, y: np.ndarray, u: List[nn.NdArray]):
+        """`run` with theta, u, the branch pins, both passes' gradients and H u kept as device
+        arrays (`DevicePins`); only the batch goes in and the per-sample dQ/dw_i and two norms
+        come out. Equal to `run` up to float32 rounding (k of the pins, the norms, H u's scaling)."""
+        if self.device_pins is None:
+            self.device_pins = DevicePins(self.recorder, self.replayer)
+        n_u = device_norm(u)
+        if n_u == 0:
+            return [F.mul_scalar(a, 0.0) for a in u], np.zeros(len(y))
+        theta = [F.identity(p.data) for p in self.params]
+        eps = self.rel_step * device_norm(theta) / n_u
+        for g in (self.at_theta, self.pinned):
+            g.feed(x, y, 1.0 / len(y))
+        self.at_theta.loss.forward(clear_buffer=True)
+        self.device_pins.forward()
+        out = []
+        for step in (eps, -eps):
+            for p, t, v in zip(self.params, theta, u):
+                p.data.copy_from(F.add2(t, F.mul_scalar(v, step)))
+            zero_grads(self.params)
+            if self.bn_coupling:
+                self.pinned.w.grad.zero()
+            self.pinned.loss.forward(clear_no_need_grad=True)
+            self.pinned.loss.backward(clear_buffer=True)
+            dw = self.pinned.w.g if self.bn_coupling else self.pinned.per_sample.d
+            out.append(([F.identity(p.grad) for p in self.params], dw.copy()))
+        (g_plus, l_plus), (g_minus, l_minus) = out
+        for p, t in zip(self.params, theta):
+            p.data.copy_from(t)
+        hu = [F.mul_scalar(F.sub2(a, b), 1.0 / (2 * eps)) for a, b in zip(g_plus, g_minus)]
         return hu, (l_plus.astype(np.float64) - l_minus) / (2 * eps)
 
 
@@ -265,6 +348,25 @@ def flat_norm(arrays: List[np.ndarray]) -> float:
 def flat(arrays: List[np.ndarray]) -> np.ndarray:
     """One float64 vector of the arrays, concatenated."""
     return np.concatenate([a.ravel() for a in arrays]).astype(np.float64)
+
+
+def on_device() -> bool:
+    """Whether the current nnabla context computes on a GPU (cudnn/cuda), where a host copy costs."""
+    return nn.get_current_context().backend[0].split(":")[0] in ("cudnn", "cuda")
+
+
+def to_device(arrays: List[np.ndarray]) -> List[nn.NdArray]:
+    return [nn.NdArray.from_numpy_array(np.ascontiguousarray(a)) for a in arrays]
+
+
+def to_host(arrays) -> List[np.ndarray]:
+    """numpy copies of a vector held as numpy arrays or as nnabla NdArrays."""
+    return [a.data.copy() if isinstance(a, nn.NdArray) else a for a in arrays]
+
+
+def device_norm(arrays: List[nn.NdArray]) -> float:
+    """|v| of a vector of NdArrays, summed on the device (one scalar comes back)."""
+    return float(np.sqrt(float(F.add_n(*[F.sum(F.pow_scalar(a, 2.0)) for a in arrays]).data)))
 
 
 def flat_trainable() -> np.ndarray:

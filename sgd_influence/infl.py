@@ -45,11 +45,14 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 import numpy as np
+import nnabla as nn
+import nnabla.functions as F
 from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
-from .graphs import RETRACE_GRAPHS, GraphCache, LossGraph, trainable_params, zero_grads
+from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device, to_host, trainable_params,
+                     zero_grads)
 from .layout import step_params_path, step_record_path
 from .params import StepParamsReader
 from .step_record import StepRecord
@@ -95,7 +98,7 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
             net: Callable = cnn, *, mode: str = "fd", bn_coupling: bool = True, retrace_u: bool = True,
             hu_over_batch: bool = False, sample_grads_alone: bool = False,
-            on_step: Optional[Callable] = None) -> np.ndarray:
+            on_step: Optional[Callable] = None, resident: Optional[bool] = None) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,).
 
     `mode`: "fd" or "exact" (module docstring).
@@ -105,12 +108,18 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     `hu_over_batch` and `sample_grads_alone`: the published code's variants (module docstring); ablations only.
     `on_step(hu, ug, u)`, if given, is called after every step with its H u, its
     <u, g_j> and the updated u (benchmarks and accuracy checks use it).
+    `resident`: keep u, H u and (fd) theta and the branch pins on the device across steps, only the
+    batch going in and the per-sample products coming out; default: when the context is a GPU's.
+    On the CPU the default host path is bit-for-bit today's; the resident one agrees with it up
+    to float32 rounding (tests/test_retrace.py).
     """
     assert method in RETRACE_METHODS and mode in RETRACE_MODES, (method, mode)
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
     load_final_model(data, run_dir, record.n_epochs, batch_size, net)
     u = val_gradient(data, net=net)
+    if on_device() if resident is None else resident:
+        u = to_device(u)
     params = list(trainable_params().values())
     stored = StepParamsReader(step_params_path(run_dir, last)) if method == "Hara" else None
 
@@ -130,12 +139,13 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
         x, y = data.train_batch(idx, seeds)
         hu, ug = graphs[len(idx)].run(x, y, u)
         if alone is not None:
-            ug = dots_one_at_a_time(alone, params, x, y, u)
+            ug = dots_one_at_a_time(alone, params, x, y, to_host(u))
         lr = float(record.lr[t])
         influence[idx] += lr / len(idx) * ug
         if retrace_u:
             step = lr / len(idx) if hu_over_batch else lr
-            u = [ui - step * h for ui, h in zip(u, hu)]
+            u = [F.sub2(ui, F.mul_scalar(h, step)) if isinstance(ui, nn.NdArray) else ui - step * h
+                 for ui, h in zip(u, hu)]
         if on_step is not None:
-            on_step(hu, ug, u)
+            on_step(to_host(hu), ug, to_host(u))
     return influence

@@ -366,3 +366,41 @@ def test_results_from_before_bn_coupling_count_as_off(tmp_path):
     with pytest.raises(UserError, match="bn_coupling 'off' -> 'on'"):
         check_or_reset_output(parser.parse_args(["-o", out]))
     check_or_reset_output(parser.parse_args(["-o", out, "--bn-coupling", "off"]))
+
+
+def test_device_pins_equal_the_host_pins(data):
+    """graphs.DevicePins (the fd pins computed where the activations live, for GPUs) gives the
+    offsets of BranchReplayer.pin_to: the same branch masks, k within float32 rounding."""
+    from sgd_influence.graphs import DevicePins
+    for net in (TINY, TINY_BN):
+        init_model(data, 0, 8, net)
+        rec, rep = BranchRecorder(), BranchReplayer()
+        recorded = LossGraph(8, data.image_shape, data.n_classes, False, net=net, ops=rec)
+        LossGraph(8, data.image_shape, data.n_classes, False, net=net, ops=rep)
+        pins = DevicePins(rec, rep)
+        x, y = data.train_batch(np.arange(8), np.full(8, -1))
+        recorded.feed(x, y, 1 / 8)
+        recorded.loss.forward(clear_buffer=True)
+        pins.forward()
+        device = [(c.d.copy(), e.d.copy()) for c, e in rep.offsets]
+        rep.pin_to(rec)
+        for (c1, e1), (c2, e2) in zip(device, [(c.d, e.d) for c, e in rep.offsets]):
+            assert np.array_equal(np.sign(c1), np.sign(c2)) and np.array_equal(np.sign(e1), np.sign(e2))
+            np.testing.assert_allclose(c1, c2, rtol=1e-6)
+            np.testing.assert_allclose(e1, e2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fd"])
+def test_resident_retrace_matches_the_host_path(data, tmp_path, mode):
+    """retrace(resident=True) keeps u, H u, theta and the pins as device arrays (the GPU default);
+    on the CPU it must give the host path's scores: exactly for exact, to fd's rounding for fd."""
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.05, keep_step_params=True, progress=False, net=TINY_BN)
+    for method in ("Hara", "Ours"):
+        host = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode=mode, resident=False)
+        device = retrace(data, run, method, 8, progress=False, net=TINY_BN, mode=mode, resident=True)
+        if mode == "exact":
+            assert np.array_equal(host, device)
+        else:
+            assert np.linalg.norm(device - host) <= 1e-3 * np.linalg.norm(host)
+            assert spearman(device, host) > 0.9999
