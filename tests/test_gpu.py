@@ -99,3 +99,21 @@ def test_cudnn_runs_are_deterministic(data, tmp_path):
         out.append(retrace(data, run, "Hara", 8, progress=False, net=TINY_BN))
     set_context("cpu")
     assert np.array_equal(out[0], out[1])
+
+
+@pytest.mark.gpu
+@gpu
+def test_resident_and_host_retrace_agree_on_cudnn(data, tmp_path):
+    """On cudnn the retrace keeps its vectors and pins on the device by default; the host path
+    (numpy round trips, as on the CPU) gives the same ranking."""
+    from sgd_influence.infl import retrace
+    from sgd_influence.metrics import spearman
+    from sgd_influence.train import train
+    set_context("0")
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.05, keep_step_params=True, progress=False, net=TINY_BN)
+    for mode in ("exact", "fd"):
+        resident = retrace(data, run, "Hara", 8, progress=False, net=TINY_BN, mode=mode)
+        host = retrace(data, run, "Hara", 8, progress=False, net=TINY_BN, mode=mode, resident=False)
+        assert spearman(resident, host) >= 0.9999, mode
+    set_context("cpu")
