@@ -252,3 +252,20 @@ def test_bad_network_or_export_is_one_clear_line(idx_dir, tmp_path, case):
     if case == "fd":  # the same network with --retrace exact runs
         r = driver(base + ["--net", spec, "--retrace", "exact", "--methods", "Ours"], tmp_path)
         assert r.returncode == 0, r.stderr
+
+
+def test_validate_lds_with_a_python_network_in_workers(idx_dir, tmp_path):
+    """validate_influence.py --lds with --net module:function, the replays in two worker
+    processes (which resolve the network themselves): runs, records the network, and refuses
+    another network into the same folder."""
+    user_module(tmp_path, 10)
+    args = ["-o", "out", "-ds", "fashion_mnist", "--data-dir", idx_dir, "--n-train", "48", "--n-val", "16",
+            "-e", "2", "-bs", "16", "--lds", "--lds-subsets", "5", "--lds-fraction", "0.25", "--workers", "2",
+            "--methods", "Ours", "Random", "--net", "mynets:net"]
+    r = driver(args, tmp_path, "validate_influence.py")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lds = json.loads((tmp_path / "out" / "validation" / "lds.json").read_text())
+    assert set(lds["methods"]) == {"Ours", "Random"} and lds["subsets"] == 5
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["net"] == "mynets:net"
+    r = driver([a if a != "mynets:net" else "cnn" for a in args], tmp_path, "validate_influence.py")
+    assert r.returncode == 2 and "net 'mynets:net' -> 'cnn'" in r.stderr and len(error_lines(r)) == 1
