@@ -9,7 +9,7 @@ import sys
 from sgd_influence.environment import ensure_project_python
 
 ensure_project_python()  # re-executes under <repo>/.venv when this Python lacks nnabla
-from sgd_influence.validate import main
+from sgd_influence import hara71, validate  # noqa: E402  (after the re-execution above)
 
 
 def protocol(argv):
@@ -25,10 +25,8 @@ def protocol(argv):
 # --protocol hara71: Hara et al. Sec. 7.1 (sgd_influence/hara71.py), OUT/validation/hara71.json.
 if __name__ == "__main__":
     argv, name = sys.argv[1:], protocol(sys.argv[1:])
-    if name == "hara71":
-        from sgd_influence.hara71 import main
-    elif name is not None:
+    if name not in (None, "hara71"):
         print(f"error: --protocol takes hara71 (Hara et al. Sec. 7.1), got {name!r}; "
               f"omit it for the default validation", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main(argv))
+    sys.exit((hara71 if name == "hara71" else validate).main(argv))

@@ -388,12 +388,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.export_clean:
         return run_command(lambda: export_clean_main(args))
-    try:
-        analyze(args.folders, out=args.out, images=not args.no_images)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: analyze(args.folders, out=args.out, images=not args.no_images) and None,
+                       args.out or args.folders[0])
 
 
 def export_clean_main(args: argparse.Namespace) -> None:
