@@ -34,12 +34,12 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
 from sgd_influence.errors import UserError
 from sgd_influence.graphs import RetraceGraph, dot, trainable_params
+from sgd_influence.progress import bar as step_bar
 from sgd_influence.step_record import epoch_batches
 
 DIVERGENCE_FACTOR = 100.0
@@ -111,7 +111,7 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     trace = np.zeros((len(batches), len(TRACE_COLUMNS)))
     tail = len(batches) // 2
     v_sum = [np.zeros(a.shape, np.float64) for a in u]
-    bar = tqdm(batches, desc="inverse HVP", disable=not progress, unit="step")
+    bar = step_bar(batches, desc="inverse HVP", disable=not progress, unit="step")
     for k, idx in enumerate(bar):
         grad, objective, vv, vhv = objective_gradient(hessian, idx, v, u, alpha)
         trace[k] = (k // steps_per_epoch, k, objective, np.sqrt(vv), vhv / vv if vv > 0 else np.nan,
@@ -138,7 +138,7 @@ def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = T
     n = len(hessian.data.train)
     out = np.zeros(n, np.float64)
     hv_full = [np.zeros(a.shape, np.float64) for a in v]
-    for a in tqdm(range(0, n, batch_size), desc="scores", disable=not progress, unit="batch"):
+    for a in step_bar(range(0, n, batch_size), desc="scores", disable=not progress, unit="batch"):
         idx = np.arange(a, min(a + batch_size, n))
         hv, out[idx] = hessian.products(idx, v)
         for acc, h in zip(hv_full, hv):

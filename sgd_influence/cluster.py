@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from .errors import UserError, run_command
 from .layout import remove_stale_temporaries
+from .progress import StepBars, report_to
 from .settings import set_context
 
 # Modules a worker must import to run a unit (the repository's own packages).
@@ -71,19 +72,36 @@ def check_shared(args: argparse.Namespace, marker: Optional[str]) -> None:
                         f"same path as the driver (a shared filesystem, docs/cluster.md)")
 
 
-def run_unit(args: argparse.Namespace, fn: Callable, rest: list, marker: Optional[str], *done) -> object:
+def run_unit(args: argparse.Namespace, fn: Callable, rest: list, marker: Optional[str], *done,
+             steps_topic: Optional[str] = None) -> object:
     """On a worker: the value of fn(args, *rest) after checking the shared folder. `done` are the
     results of the units it depends on (only their completion matters). The unit comes apart
-    as fn and a list: older Dask runs a tuple whose first element is callable as a task."""
+    as fn and a list: older Dask runs a tuple whose first element is callable as a task.
+    With `steps_topic` its loops' progress goes to the driver as events of that topic."""
     with _UNIT_LOCK:
         check_shared(args, marker)
+        send = event_sender(steps_topic) if steps_topic else None
+        report_to(send)
         try:
             if _CONTEXT.get("device") != args.device_id:
                 set_context(args.device_id)
                 _CONTEXT["device"] = args.device_id
-            return fn(args, *rest, progress=False)
+            return fn(args, *rest, progress=send is not None)
         except UserError as e:  # e.g. the dataset missing on this worker: say which worker
             raise UserError(f"worker {worker_name()}: {e}") from None
+        finally:
+            report_to(None)
+
+
+def event_sender(topic: str) -> Optional[Callable[[dict], None]]:
+    """`send(message)` as an event of `topic` on the scheduler (the driver subscribes), or None
+    where this worker cannot (outside a worker, or a distributed without events)."""
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+        return lambda msg: worker.log_event(topic, msg)
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 # --------------------------------------------------------------------- driver side
@@ -119,6 +137,16 @@ def connect(address: str):
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot reach a Dask scheduler at {address} ({why}); start one with `dask scheduler` "
                         f"and give its address, e.g. --scheduler tcp://host:8786") from None
+
+
+def subscribe_steps(client, topic: str, bars: StepBars) -> Optional[str]:
+    """Show the steps the workers report under `topic` (`run_unit`); None where this distributed
+    has no events (then units run without step reports)."""
+    try:
+        client.subscribe_topic(topic, lambda event: bars.show(event[1]))
+    except AttributeError:
+        return None
+    return topic
 
 
 def unit_label(unit: Unit) -> str:
@@ -178,9 +206,11 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
     marker = shared_marker(out)
     client = connect(args.scheduler)
     bars, futures = [], {}
+    run_id = uuid.uuid4().hex[:8]
+    step_bars = StepBars(progress)
+    steps_topic = subscribe_steps(client, f"sgd_influence-steps-{run_id}", step_bars) if progress else None
     try:
         resources = cluster_resources(client, args.device_id)
-        run_id = uuid.uuid4().hex[:8]
         submitted: List[Tuple[Unit, object]] = []  # (unit, future) of earlier phases
         for i, (desc, units) in enumerate(phases):
             bar = tqdm(total=len(units), desc=desc, unit="unit", position=i, disable=not progress or not units)
@@ -188,8 +218,8 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
             mine = []
             for u in units:
                 deps = [f for e, f in submitted if needs is not None and needs(u, e)]
-                f = client.submit(run_unit, wargs, u[0], list(u[1:]), marker, *deps, key=f"{desc}-{unit_label(u)}-{run_id}",
-                                  resources=resources, pure=False)
+                f = client.submit(run_unit, wargs, u[0], list(u[1:]), marker, *deps, steps_topic=steps_topic,
+                                  key=f"{desc}-{unit_label(u)}-{run_id}", resources=resources, pure=False)
                 futures[f] = (bar, u)
                 mine.append((u, f))
             submitted += mine
@@ -208,6 +238,12 @@ def run_phases(args: argparse.Namespace, phases: Sequence[Phase],
             client.cancel(list(futures))
         raise
     finally:
+        if steps_topic:
+            try:
+                client.unsubscribe_topic(steps_topic)
+            except Exception:  # the client may be closing after an error: nothing to show then
+                pass
+        step_bars.close()
         for bar in bars:
             bar.close()
         client.close()

@@ -47,7 +47,6 @@ from typing import Callable, List, Optional
 import numpy as np
 import nnabla as nn
 import nnabla.functions as F
-from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
@@ -55,6 +54,7 @@ from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device
                      zero_grads)
 from .layout import step_params_path, step_record_path
 from .params import StepParamsReader
+from .progress import bar as step_bar
 from .step_record import StepRecord
 from .train import load_model
 
@@ -127,7 +127,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
     steps = record.steps_of_epoch(last)
-    for k, t in enumerate(tqdm(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
+    for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
         if stored is not None:
             stored.load(len(steps) - 1 - k)  # theta[t]
         # Ours keeps theta[T]: training-mode forwards only move the batch-norm

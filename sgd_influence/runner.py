@@ -2,17 +2,21 @@
 
 A unit is a tuple (fn, *rest); running it calls fn(args, *rest, progress=...). Every unit
 writes its own output file atomically, so the caller decides what is left to do by which
-files exist, and a unit's result does not depend on where or beside what it ran.
+files exist, and a unit's result does not depend on where or beside what it ran. Workers
+report their loops' steps (progress.py) through a queue; a thread here shows them below the
+phase's bar.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, List, Optional
 
 from tqdm import tqdm
 
 from .cluster import run_units as run_on_cluster
+from .progress import StepBars, report_to
 from .settings import set_context
 
 def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable] = None, progress: bool = True,
@@ -32,10 +36,15 @@ def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable]
                 on_result(u, value)
         return
     ctx = mp.get_context("spawn")
+    steps = ctx.Queue() if progress else None
+    bars = StepBars(progress)
+    reader = threading.Thread(target=show_steps, args=(steps, bars), daemon=True) if steps else None
     pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
-                               initializer=set_context, initargs=(args.device_id,))
+                               initializer=init_worker, initargs=(args.device_id, steps))
     try:
-        futures = {pool.submit(u[0], args, *u[1:], progress=False): u for u in units}
+        if reader:
+            reader.start()
+        futures = {pool.submit(u[0], args, *u[1:], progress=progress): u for u in units}
         for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="unit", disable=not progress):
             value = f.result()
             if on_result:
@@ -43,4 +52,22 @@ def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable]
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)  # drop queued units; running ones finish cleanly
         raise
+    finally:
+        if reader:
+            steps.put(None)
+            reader.join(timeout=5)
+        bars.close()
     pool.shutdown()
+
+
+def init_worker(device_id: str, steps) -> None:
+    """A pool process: the nnabla context, and its loops' progress sent to `steps` (a queue)."""
+    set_context(device_id)
+    if steps is not None:
+        report_to(steps.put)
+
+
+def show_steps(steps, bars: StepBars) -> None:
+    """The driver's reader of the workers' progress messages, until None."""
+    for msg in iter(steps.get, None):
+        bars.show(msg)

@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import nnabla as nn
 import nnabla.solvers as S
-from tqdm import tqdm
 
 from datasets import Data
 from models import cnn
@@ -25,6 +24,7 @@ from .errors import UserError
 from .graphs import GraphCache, trainable_params
 from .layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
 from .params import StepParamsWriter, load_checkpoint, save_checkpoint
+from .progress import bar as step_bar
 from .step_record import StepRecord, epoch_batches
 
 
@@ -108,7 +108,7 @@ def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr:
     record = StepRecord.from_batches(ep, lrs, batches, seeds)
 
     log = ["epoch,train_loss"]
-    bar = tqdm(total=record.n_steps, desc=f"train seed {seed}", disable=not progress, unit="step")
+    bar = step_bar(total=record.n_steps, desc=f"train seed {seed}", disable=not progress, unit="step")
     for e in range(epochs):
         last = e == epochs - 1
         writer = StepParamsWriter(step_params_path(run_dir, e)) if keep_step_params and last else None

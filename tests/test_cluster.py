@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -186,3 +187,21 @@ def test_make_paper_passes_the_scheduler():
     drivers = [line for line in r.stdout.splitlines() if "eval_" in line]
     assert r.returncode == 0 and len(drivers) == 2, r.stdout + r.stderr
     assert all("--scheduler tcp://head:8786" in line and "--workers" not in line for line in drivers)
+
+
+def test_cluster_workers_report_their_steps(local_cluster, monkeypatch):
+    """A unit's loop on a Dask worker reports its steps to the driver (scheduler events)."""
+    import argparse
+    from sgd_influence import progress
+    from test_progress import looping_unit
+    c, _ = local_cluster
+    seen = []
+    show = progress.StepBars.show
+    monkeypatch.setattr(progress.StepBars, "show", lambda self, msg: (seen.append(msg), show(self, msg)))
+    args = argparse.Namespace(workers=1, device_id="cpu", scheduler=c.scheduler_address, output_dir=".",
+                              data_dir=None)
+    cluster.run_units([(looping_unit, k) for k in range(2)], args, "loops")
+    deadline = time.time() + 10  # events travel through the scheduler: allow them a moment
+    while {m["desc"] for m in seen} != {"loop 0", "loop 1"} and time.time() < deadline:
+        time.sleep(0.1)
+    assert {m["desc"] for m in seen} == {"loop 0", "loop 1"} and all(m["total"] == 5 for m in seen)
