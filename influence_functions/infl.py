@@ -31,18 +31,19 @@ large a step; it is stopped with an error rather than producing scores.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from datasets import Data
 from models import cnn
 from sgd_influence.errors import UserError
-from sgd_influence.graphs import RetraceGraph, dot, trainable_params
+from sgd_influence.graphs import RetraceGraph, dot, on_device, to_device, to_host, trainable_params
 from sgd_influence.progress import bar as step_bar
 from sgd_influence.step_record import epoch_batches
 
 DIVERGENCE_FACTOR = 100.0
+FOLD = 64  # resident solve: steps of the tail average summed in float32 on the device between folds
 TRACE_COLUMNS = ("epoch", "step", "objective", "v_norm", "curvature", "residual")
 Vector = List[np.ndarray]  # one array per parameter, in trainable_params() order
 
@@ -88,7 +89,8 @@ def heavy_ball_update(v: Vector, m: Vector, grad: Vector, lr: float, momentum: f
 
 
 def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
-          batch_size: int, seed: int, average: bool = True, progress: bool = True) -> Tuple[Vector, np.ndarray]:
+          batch_size: int, seed: int, average: bool = True, progress: bool = True,
+          resident: bool = False) -> Tuple[Vector, np.ndarray]:
     """v ~= (H + alpha I)^-1 u by heavy-ball SGD on f(v), and the trace of the solve.
 
     Update: m <- momentum * m + grad f(v); v <- v - lr * m. With `average` the
@@ -99,10 +101,16 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     row per step, all at the v the step starts from and on the step's batch B:
     epoch, step, f(v), |v|, the curvature v^T H_B v / |v|^2 (negative: H is
     indefinite along v) and the relative residual |H_B v + alpha v - u| / |u|.
+
+    `resident`: v, m, the gradient and H_B v are device arrays (a GPU's): only the step's batch
+    goes in and the trace's scalars come out; the tail average is summed on the device and
+    folded into float64 here every FOLD steps. v comes back as numpy arrays either way.
     """
     n = len(hessian.data.train)
     v = [np.zeros_like(a) for a in u]
     m = [np.zeros_like(a) for a in u]
+    if resident:
+        u, v, m = to_device(u), to_device(v), to_device(m)
     u_norm = np.sqrt(dot(u, u))
     bound = DIVERGENCE_FACTOR * u_norm / alpha
     rng = np.random.default_rng([seed, 3])
@@ -111,6 +119,7 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
     trace = np.zeros((len(batches), len(TRACE_COLUMNS)))
     tail = len(batches) // 2
     v_sum = [np.zeros(a.shape, np.float64) for a in u]
+    partial = None  # resident: the tail's sum since the last fold, on the device
     bar = step_bar(batches, desc="inverse HVP", disable=not progress, unit="step")
     for k, idx in enumerate(bar):
         grad, objective, vv, vhv = objective_gradient(hessian, idx, v, u, alpha)
@@ -122,28 +131,41 @@ def solve(hessian: Hessian, u: Vector, *, alpha: float, lr: float, momentum: flo
                 f"(objective {objective:.3g}, |v| {np.sqrt(vv):.3g} > {DIVERGENCE_FACTOR:g}|u|/alpha = {bound:.3g}): "
                 f"raise --if-alpha (damping below the most negative curvature) or lower --if-lr")
         heavy_ball_update(v, m, grad, lr, momentum)
-        if k >= tail:
+        if k >= tail and resident:
+            partial = list(v) if partial is None else [p + a for p, a in zip(partial, v)]
+            if (k - tail + 1) % FOLD == 0 or k == len(batches) - 1:
+                for acc, a in zip(v_sum, to_host(partial)):
+                    acc += a
+                partial = None
+        elif k >= tail:
             for acc, a in zip(v_sum, v):
                 acc += a
         if k % 10 == 0:
             bar.set_postfix(objective=f"{objective:.4g}")
     if average:
-        v = [(acc / (len(batches) - tail)).astype(a.dtype) for acc, a in zip(v_sum, v)]
-    return v, trace
+        return [(acc / (len(batches) - tail)).astype(np.float32) for acc in v_sum], trace
+    return to_host(v), trace
 
 
-def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = True) -> Tuple[np.ndarray, Vector]:
+def sample_dots(hessian: Hessian, v: Vector, batch_size: int, progress: bool = True,
+                resident: bool = False) -> Tuple[np.ndarray, Vector]:
     """<g_j, v> for every training instance j (shape (n_train,)), and H v over the whole
-    training set, which the same passes give for free: H = sum_B |B|/n H_B."""
+    training set, which the same passes give for free: H = sum_B |B|/n H_B. `resident`: v and
+    the H v sum stay on the device (float32 there), the scores come back per batch."""
     n = len(hessian.data.train)
     out = np.zeros(n, np.float64)
-    hv_full = [np.zeros(a.shape, np.float64) for a in v]
+    v = to_device(v) if resident else v
+    hv_full = to_device([np.zeros(a.shape, np.float32) for a in v]) if resident else \
+        [np.zeros(a.shape, np.float64) for a in v]
     for a in step_bar(range(0, n, batch_size), desc="scores", disable=not progress, unit="batch"):
         idx = np.arange(a, min(a + batch_size, n))
         hv, out[idx] = hessian.products(idx, v)
-        for acc, h in zip(hv_full, hv):
-            acc += h * (len(idx) / n)
-    return out, hv_full
+        if resident:
+            hv_full = [acc + h * (len(idx) / n) for acc, h in zip(hv_full, hv)]
+        else:
+            for acc, h in zip(hv_full, hv):
+                acc += h * (len(idx) / n)
+    return out, [a.astype(np.float64) for a in to_host(hv_full)] if resident else hv_full
 
 
 def full_data_check(u: Vector, v: Vector, hv: Vector, alpha: float) -> Dict[str, float]:
@@ -158,11 +180,14 @@ def full_data_check(u: Vector, v: Vector, hv: Vector, alpha: float) -> Dict[str,
 
 def influence_functions(data: Data, u: Vector, *, alpha: float, lr: float, momentum: float, epochs: int,
                         batch_size: int, seed: int, average: bool = True, progress: bool = True,
-                        net: Callable = cnn) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
+                        net: Callable = cnn, resident: Optional[bool] = None
+                        ) -> Tuple[np.ndarray, np.ndarray, Dict[str, float]]:
     """Scores <g_j, v>/n of every training instance at the current (final) parameters, the
-    solver trace, and `full_data_check` of the final v."""
+    solver trace, and `full_data_check` of the final v. `resident` (default: on a GPU context):
+    the solve's and the scoring's vectors stay on the device."""
+    resident = on_device() if resident is None else resident
     hessian = Hessian(data, net)
     v, trace = solve(hessian, u, alpha=alpha, lr=lr, momentum=momentum, epochs=epochs,
-                     batch_size=batch_size, seed=seed, average=average, progress=progress)
-    dots, hv = sample_dots(hessian, v, batch_size, progress)
+                     batch_size=batch_size, seed=seed, average=average, progress=progress, resident=resident)
+    dots, hv = sample_dots(hessian, v, batch_size, progress, resident=resident)
     return dots / len(data.train), trace, full_data_check(u, v, hv, alpha)

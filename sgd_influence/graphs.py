@@ -337,7 +337,9 @@ RETRACE_GRAPHS = {"exact": RetraceGraph, "fd": FDRetraceGraph}
 
 # Vectors in parameter space: one array per trainable parameter, in trainable_params() order.
 def dot(a: List[np.ndarray], b: List[np.ndarray]) -> float:
-    """<a, b> accumulated in float64."""
+    """<a, b>, accumulated in float64 (as NdArrays: each parameter's sum taken on the device)."""
+    if isinstance(a[0], nn.NdArray):
+        return float(sum(float(F.sum(F.mul2(x, y)).data) for x, y in zip(a, b)))
     return float(sum(np.vdot(x.astype(np.float64), y) for x, y in zip(a, b)))
 
 

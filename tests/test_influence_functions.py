@@ -175,3 +175,19 @@ def test_driver_end_to_end(idx_dir, tmp_path):
     # Once IF results exist, changing a solver setting is refused.
     r = run("--if-alpha", "3")
     assert r.returncode == 2 and "if_alpha 10.0 -> 3.0" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_resident_solve_matches_the_host_solve(fitted, average):
+    """influence_functions(resident=True) keeps v, m, the gradient and H v on the device (the GPU
+    default), with the tail average folded into float64 every FOLD steps; on the CPU it gives the
+    host path's scores and trace to float32 rounding, over more steps than one fold."""
+    data, _ = fitted
+    u = val_gradient(data, net=softmax_regression)
+    kw = dict(alpha=0.5, lr=0.05, momentum=0.9, epochs=40, batch_size=8, seed=0, progress=False,
+              net=softmax_regression, average=average)  # 160 steps: the tail spans two folds
+    host, trace_host, check_host = influence_functions(data, u, resident=False, **kw)
+    dev, trace_dev, check_dev = influence_functions(data, u, resident=True, **kw)
+    assert np.linalg.norm(dev - host) <= 1e-5 * np.linalg.norm(host)
+    np.testing.assert_allclose(trace_dev[1:], trace_host[1:], rtol=1e-4, atol=1e-9)
+    assert abs(check_dev["residual"] - check_host["residual"]) <= 1e-4 * check_host["residual"]
