@@ -171,9 +171,7 @@ def run_experiment(args) -> None:
     if skipped:
         print(f"warning: skipping removal sizes >= the training set ({n_train}): {skipped}", file=sys.stderr)
     sizes = [n for n in sizes if n < n_train]
-    retraces = any(METHODS[m].retrace for m in args.methods)
-    network.from_args(args).check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
-                                  coupling=retraces and args.bn_coupling == "on")
+    network.checked(args, data.image_shape, data.n_classes)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
     except OSError as e:

@@ -271,13 +271,19 @@ class FDRetraceGraph:
         """Parameter gradients and dL/dw_i (= l_i without coupling) at theta + step * u."""
         for p, t, v in zip(self.params, theta, u):
             p.d = t + step * v
+        return self._gradients(resident=False)
+
+    def _gradients(self, resident: bool):
+        """Forward and backward of the pinned graph at the parameters' current values: the
+        parameter gradients (device arrays if `resident`, else numpy copies) and dL/dw_i."""
         zero_grads(self.params)
         if self.bn_coupling:
             self.pinned.w.grad.zero()
         self.pinned.loss.forward(clear_no_need_grad=True)
         self.pinned.loss.backward(clear_buffer=True)
         dw = self.pinned.w.g if self.bn_coupling else self.pinned.per_sample.d
-        return [p.g.copy() for p in self.params], dw.copy()
+        grads = [F.identity(p.grad) for p in self.params] if resident else [p.g.copy() for p in self.params]
+        return grads, dw.copy()
 
     def run(self, x: np.ndarray, y: np.ndarray, u: List[np.ndarray]):
         """Return (H u as a list of arrays, dQ/dw_i for each sample), like `RetraceGraph.run`.
@@ -285,9 +291,10 @@ class FDRetraceGraph:
         if isinstance(u[0], nn.NdArray):
             return self._run_resident(x, y, u)
         theta = [p.d.copy() for p in self.params]
-        if flat_norm(u) == 0:
+        n_u = flat_norm(u)
+        if n_u == 0:
             return [np.zeros_like(a) for a in u], np.zeros(len(y))
-        eps = self.rel_step * flat_norm(theta) / flat_norm(u)
+        eps = self.rel_step * flat_norm(theta) / n_u
         for g in (self.at_theta, self.pinned):
             g.feed(x, y, 1.0 / len(y))
         self.at_theta.loss.forward(clear_buffer=True)
@@ -318,13 +325,7 @@ class FDRetraceGraph:
         for step in (eps, -eps):
             for p, t, v in zip(self.params, theta, u):
                 p.data.copy_from(F.add2(t, F.mul_scalar(v, step)))
-            zero_grads(self.params)
-            if self.bn_coupling:
-                self.pinned.w.grad.zero()
-            self.pinned.loss.forward(clear_no_need_grad=True)
-            self.pinned.loss.backward(clear_buffer=True)
-            dw = self.pinned.w.g if self.bn_coupling else self.pinned.per_sample.d
-            out.append(([F.identity(p.grad) for p in self.params], dw.copy()))
+            out.append(self._gradients(resident=True))
         (g_plus, l_plus), (g_minus, l_minus) = out
         for p, t in zip(self.params, theta):
             p.data.copy_from(t)

@@ -73,8 +73,6 @@ def reading(path: str):
         yield
     except FileNotFoundError:
         raise
-    except UserError:
-        raise
     except READ_ERRORS as e:
         raise corrupt(path, e) from None
 

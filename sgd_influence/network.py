@@ -50,6 +50,7 @@ from models import Ops, cnn
 from .batch_norm import WeightedBatchNormOps
 from .errors import UserError
 from .graphs import BranchRecorder
+from .methods import METHODS
 
 DEFAULT = "cnn"
 INITS = ("seed", "file")
@@ -405,4 +406,14 @@ def from_args(args) -> Network:
         raise UserError(f"--net {args.net}: the file changed since this run recorded it (sha256 {recorded[:12]}... "
                         f"-> {str(net.sha256)[:12]}...); use another -o, or --overwrite to start afresh")
     args.net_sha256 = net.sha256
+    return net
+
+
+def checked(args, image_shape: tuple, n_classes: int) -> Network:
+    """The network of a command's arguments, built once the way its methods will use it
+    (`Network.check`: pinned for an fd retrace, weighted batch norm for the coupling)."""
+    net = from_args(args)
+    retraces = any(METHODS[m].retrace for m in args.methods)
+    net.check(image_shape, n_classes, fd=retraces and args.retrace == "fd",
+              coupling=retraces and args.bn_coupling == "on")
     return net

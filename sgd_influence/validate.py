@@ -552,10 +552,7 @@ def main(argv) -> int:
         data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
-        net = network.from_args(args)
-        retraces = any(METHODS[m].retrace for m in args.methods)
-        net.check(data.image_shape, data.n_classes, fd=retraces and args.retrace == "fd",
-                  coupling=retraces and args.bn_coupling == "on")
+        net = network.checked(args, data.image_shape, data.n_classes)
         if args.lds:
             print_lds(run_lds(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")

@@ -74,3 +74,13 @@ def idx_dir(tmp_path_factory):
         write_idx(d / f"{part}-images-idx3-ubyte", x)
         write_idx(d / f"{part}-labels-idx1-ubyte", y)
     return str(d.parent)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(idx_dir, tmp_path_factory):
+    """test_end_to_end's TINY_RUN finished once (Hara, Ours, Random); read-only: copy it to change it."""
+    from test_end_to_end import TINY_RUN, run
+    out = str(tmp_path_factory.mktemp("tiny_run") / "out")
+    r = run(["-o", out] + TINY_RUN, idx_dir)
+    assert r.returncode == 0, r.stderr
+    return out

@@ -9,24 +9,14 @@ import sys
 
 import pytest
 
-from test_end_to_end import ROOT, run
-
-SIZES = ["--n-train", "48", "--n-val", "16", "--n-test", "16", "-e", "2", "-bs", "16", "-nt", "1", "-r", "0", "4"]
-
-
-@pytest.fixture(scope="module")
-def finished(idx_dir, tmp_path_factory):
-    """A finished tiny run (Hara, Ours, Random), copied fresh for each test."""
-    out = str(tmp_path_factory.mktemp("corrupt") / "template")
-    r = run(["-o", out] + SIZES, idx_dir)
-    assert r.returncode == 0, r.stderr
-    return out
+from test_end_to_end import ROOT, TINY_RUN, run
 
 
 @pytest.fixture
-def out(finished, tmp_path):
+def out(finished_tiny_run, tmp_path):
+    """A copy of the finished tiny run (conftest), for one test to damage."""
     dst = str(tmp_path / "out")
-    shutil.copytree(finished, dst)
+    shutil.copytree(finished_tiny_run, dst)
     return dst
 
 
@@ -59,7 +49,7 @@ def test_hand_edited_run_json(out, idx_dir):
         f.write("}, oops")  # a stray edit
     before = digests(out)
     check_one_line(analyze(out), path)
-    check_one_line(run(["-o", out] + SIZES, idx_dir), path)
+    check_one_line(run(["-o", out] + TINY_RUN, idx_dir), path)
     assert digests(out) == before and open(path).read().endswith("}, oops")
 
 
@@ -76,7 +66,7 @@ def test_damaged_training_file(out, idx_dir, name, consumer):
         f.write(data[: len(data) // 2])  # cut short, as by a full disk or a killed copy
     os.remove(os.path.join(out, "influence", consumer, f"influence_{consumer.lower()}_0.csv"))
     before = digests(out)
-    check_one_line(run(["-o", out] + SIZES, idx_dir), path)
+    check_one_line(run(["-o", out] + TINY_RUN, idx_dir), path)
     assert digests(out) == before
 
 

@@ -18,12 +18,9 @@ def compare(a, b):
             assert fa.read() == fb.read(), f
 
 
-@pytest.fixture(scope="module")
-def reference(idx_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ref") / "out")
-    r = run(["-o", out] + TINY_RUN, idx_dir)
-    assert r.returncode == 0, r.stderr
-    return out
+@pytest.fixture
+def reference(finished_tiny_run):
+    return finished_tiny_run
 
 
 @pytest.mark.parametrize("kill_after", [
