@@ -44,7 +44,8 @@ class Reporter:
                  desc: str, unit: str):
         self.send, self.iterable, self.desc, self.unit = send, iterable, desc, unit
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        self.n, self.postfix, self.last, self.closed = 0, "", 0.0, False
+        self.n, self.postfix, self.closed = 0, "", False
+        self.last: Optional[float] = None  # no report yet: the first update is sent, whatever the clock's origin
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __iter__(self):
@@ -55,7 +56,7 @@ class Reporter:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if time.monotonic() - self.last >= REPORT_S:
+        if self.last is None or time.monotonic() - self.last >= REPORT_S:
             self._report()
 
     def set_postfix(self, **values) -> None:

@@ -2,6 +2,7 @@
 its steps to the driver, which shows them under the phase's bar."""
 import argparse
 import time
+import types
 
 from sgd_influence import progress
 from sgd_influence.runner import run_units
@@ -27,7 +28,10 @@ def spy(monkeypatch):
 
 
 def test_reporter_throttles_and_always_sends_the_end(monkeypatch):
-    sent = []
+    """On a freshly booted machine time.monotonic() (seconds since boot on Linux) is small: the first
+    update must still be sent, and later ones only after REPORT_S (a fake clock, no real time)."""
+    sent, now = [], [5.0]  # five seconds after boot
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     monkeypatch.setattr(progress, "REPORT_S", 3600.0)
     progress.report_to(sent.append)
     try:
@@ -37,6 +41,18 @@ def test_reporter_throttles_and_always_sends_the_end(monkeypatch):
         progress.report_to(None)
     assert [m["n"] for m in sent] == [1, 7] and sent[-1]["closed"] and sent[-1]["total"] == 7
     assert not isinstance(progress.bar(total=3, desc="here"), progress.Reporter)  # no sender: tqdm
+    sent.clear()
+    progress.report_to(sent.append)
+    try:
+        b = progress.bar(total=9, desc="y")
+        b.update()
+        b.update()  # within REPORT_S of the first: held back
+        now[0] += 3600.0
+        b.update()  # REPORT_S later: sent
+        b.close()
+    finally:
+        progress.report_to(None)
+    assert [m["n"] for m in sent] == [1, 3, 3] and sent[-1]["closed"]
 
 
 def test_pool_workers_report_their_steps_to_the_driver(monkeypatch):
