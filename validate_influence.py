@@ -6,10 +6,10 @@ Writes OUT/validation/validation.csv, validation.json and scatter_<Method>.png; 
 """
 import sys
 
-from sgd_influence.environment import ensure_project_python
+from sgd_influence.base.environment import ensure_project_python
 
 ensure_project_python()  # re-executes under <repo>/.venv when this Python lacks nnabla
-from sgd_influence import hara71, validate  # noqa: E402  (after the re-execution above)
+from sgd_influence.checks import hara71, validate  # noqa: E402  (after the re-execution above)
 
 
 def protocol(argv):
@@ -22,7 +22,7 @@ def protocol(argv):
     return None
 
 
-# --protocol hara71: Hara et al. Sec. 7.1 (sgd_influence/hara71.py), OUT/validation/hara71.json.
+# --protocol hara71: Hara et al. Sec. 7.1 (sgd_influence/checks/hara71.py), OUT/validation/hara71.json.
 if __name__ == "__main__":
     argv, name = sys.argv[1:], protocol(sys.argv[1:])
     if name not in (None, "hara71"):

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from sgd_influence.settings import HelpFormatter, build_parser, device, set_context  # noqa: E402
+from sgd_influence.config.settings import HelpFormatter, build_parser, device, set_context  # noqa: E402
 
 _DRIVER = build_parser("", "", ())
 IF_DEFAULTS = {k: _DRIVER.get_default(f"if_{k}") for k in ("alpha", "lr", "momentum")}  # the drivers' solver
@@ -76,7 +76,7 @@ def load(args, n_train: int):
 
 
 def train_run(args, data, run_dir: str) -> float:
-    from sgd_influence.train import train
+    from sgd_influence.core.train import train
     a = time.perf_counter()
     train(data, run_dir, seed=0, epochs=args.n_epochs, batch_size=args.batch_size, lr=args.lr,
           keep_step_params=True, progress=False)
@@ -85,11 +85,11 @@ def train_run(args, data, run_dir: str) -> float:
 
 def replay_steps(data, run_dir: str, n: int, drop: float) -> List[tuple]:
     """Training steps (drop=0) or evaluation retraining steps (a fraction removed) of the last epoch."""
-    from sgd_influence.params import load_checkpoint
-    from sgd_influence.layout import checkpoint_path
-    from sgd_influence.step_record import StepRecord
-    from sgd_influence.layout import step_record_path
-    from sgd_influence.train import SGD, init_model
+    from sgd_influence.core.params import load_checkpoint
+    from sgd_influence.base.layout import checkpoint_path
+    from sgd_influence.core.step_record import StepRecord
+    from sgd_influence.base.layout import step_record_path
+    from sgd_influence.core.train import SGD, init_model
     record = StepRecord.load(step_record_path(run_dir))
     bs = len(record.batch(0)[0])
     sgd = SGD(init_model(data, 0, bs), data)
@@ -103,10 +103,10 @@ def replay_steps(data, run_dir: str, n: int, drop: float) -> List[tuple]:
 
 def at_final_params(data, run_dir: str):
     """Model at theta[T], u = validation gradient, the step record."""
-    from sgd_influence.graphs import trainable_params
-    from sgd_influence.infl import load_final_model, val_gradient
-    from sgd_influence.step_record import StepRecord
-    from sgd_influence.layout import step_record_path
+    from sgd_influence.core.graphs import trainable_params
+    from sgd_influence.core.infl import load_final_model, val_gradient
+    from sgd_influence.core.step_record import StepRecord
+    from sgd_influence.base.layout import step_record_path
     record = StepRecord.load(step_record_path(run_dir))
     load_final_model(data, run_dir, record.n_epochs, len(record.batch(0)[0]))
     return list(trainable_params().values()), val_gradient(data), record
@@ -115,7 +115,7 @@ def at_final_params(data, run_dir: str):
 def graph_steps(data, state, mode: str, n: int, resident: bool = False) -> List[tuple]:
     """Retrace steps of one graph type at theta[T] (first call, building the graph, untimed);
     `resident`: u as device arrays, the step's vectors and pins kept on the device."""
-    from sgd_influence.graphs import RETRACE_GRAPHS, to_device
+    from sgd_influence.core.graphs import RETRACE_GRAPHS, to_device
     params, u, record = state
     u = to_device(u) if resident else u
     steps = record.steps_of_epoch(record.n_epochs - 1)[::-1]
@@ -168,7 +168,7 @@ def naive_retrace_step(data, record, t: int, params_file: str, u: Dict[str, np.n
     by double backward on the rebuilt batch graph."""
     import nnabla as nn
     import nnabla.functions as F
-    from sgd_influence.graphs import LossGraph, trainable_params, zero_grads
+    from sgd_influence.core.graphs import LossGraph, trainable_params, zero_grads
     idx, seeds = record.batch(t)
     lr = float(record.lr[t])
     nn.load_parameters(params_file)
@@ -197,9 +197,9 @@ def naive_retrace_step(data, record, t: int, params_file: str, u: Dict[str, np.n
 def naive_steps(data, state, run_dir: str, n: int, workdir: str) -> List[tuple]:
     """Hara's naive retrace over the last n steps, its step parameters as per-step .h5 files."""
     import nnabla as nn
-    from sgd_influence.graphs import trainable_params
-    from sgd_influence.params import StepParamsReader
-    from sgd_influence.layout import step_params_path
+    from sgd_influence.core.graphs import trainable_params
+    from sgd_influence.core.params import StepParamsReader
+    from sgd_influence.base.layout import step_params_path
     _, u_list, record = state
     u = dict(zip(trainable_params(), [a.copy() for a in u_list]))
     steps = record.steps_of_epoch(record.n_epochs - 1)
@@ -217,7 +217,7 @@ def naive_steps(data, state, run_dir: str, n: int, workdir: str) -> List[tuple]:
 # ------------------------------------------------- child: one influence unit
 def child(spec: dict) -> None:
     """Retrace one method in this process; write step times and peak RSS (KiB) as JSON."""
-    from sgd_influence.infl import retrace
+    from sgd_influence.core.infl import retrace
     set_context(spec["device_id"])
     args = argparse.Namespace(**spec["data"])
     data = load(args, spec["n_train"])
@@ -254,9 +254,9 @@ def run_child(spec: dict, workdir: str) -> dict:
 # ------------------------------------------------------------ accuracy check
 def accuracy(data, run_dir: str, method: str, batch_size: int) -> dict:
     """Full exact and finite-difference retraces: agreement of influence, H u and u."""
-    from sgd_influence.infl import retrace
-    from sgd_influence.metrics import spearman
-    from sgd_influence.graphs import flat
+    from sgd_influence.core.infl import retrace
+    from sgd_influence.base.metrics import spearman
+    from sgd_influence.core.graphs import flat
     runs = {}
     for mode in ("exact", "fd"):
         hus, us = [], []
@@ -333,7 +333,7 @@ def print_accuracy(acc: dict) -> None:
 
 
 def accuracy_only(args) -> None:
-    from sgd_influence.layout import write_json
+    from sgd_influence.base.layout import write_json
     data = load(args, args.n_train)
     acc = {m: accuracy(data, args.accuracy_on, m, args.batch_size) for m in ("Ours", "Hara")}
     write_json(os.path.join(ROOT, "benchmarks", "results", f"{args.label}-accuracy.json"),
@@ -396,7 +396,7 @@ def main(argv=None) -> None:
            "naive_over_fast": fig["naive_step"]["figure"] / fig["ours_step"]["figure"],
            "resident_over_host_fd_step": fig["fd_resident_step"]["figure"] / fig["fd_graph_step"]["figure"]}
     os.makedirs(results_dir, exist_ok=True)
-    from sgd_influence.layout import write_json
+    from sgd_influence.base.layout import write_json
     write_json(os.path.join(results_dir, f"{args.label}.json"), res)
     print(table(res))
     if acc:

@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 
 NO_DOWNLOAD_ENV = "SGD_INFLUENCE_NO_DOWNLOAD"
 CHUNK = 1 << 20

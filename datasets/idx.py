@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 
 
 def read_idx(path: str) -> np.ndarray:

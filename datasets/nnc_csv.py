@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 
 IMAGE, LABEL = "x:image", "y:label"
 GRAY_MODES = ("1", "L", "LA", "La")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 from .download import ARCHIVES, download, extract, local_or_download, verify
 from .idx import find_idx, read_idx
 from .nnc_csv import read_image, read_rows

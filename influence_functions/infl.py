@@ -37,10 +37,10 @@ import numpy as np
 
 from datasets import Data
 from models import cnn
-from sgd_influence.errors import UserError
-from sgd_influence.graphs import RetraceGraph, dot, on_device, to_device, to_host, trainable_params
-from sgd_influence.progress import bar as step_bar
-from sgd_influence.step_record import epoch_batches
+from sgd_influence.base.errors import UserError
+from sgd_influence.core.graphs import RetraceGraph, dot, on_device, to_device, to_host, trainable_params
+from sgd_influence.base.progress import bar as step_bar
+from sgd_influence.core.step_record import epoch_batches
 
 DIVERGENCE_FACTOR = 100.0
 FOLD = 64  # resident solve: steps of the tail average summed in float32 on the device between folds

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from sgd_influence.figures import pyplot, save
-from sgd_influence.layout import solver_figure_path, solver_trace_path, write_json, write_text
+from sgd_influence.base.figures import pyplot, save
+from sgd_influence.base.layout import solver_figure_path, solver_trace_path, write_json, write_text
 from .infl import TRACE_COLUMNS
 
 

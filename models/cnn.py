@@ -17,7 +17,7 @@ WIDTHS = (32, 64, 128)
 class Ops:
     """The network's non-affine pieces. The finite-difference retrace overrides
     them to record and replay which branch every ReLU and max-pool takes
-    (`sgd_influence.graphs.BranchRecorder`)."""
+    (`sgd_influence.core.graphs.BranchRecorder`)."""
 
     def relu(self, h: nn.Variable) -> nn.Variable:
         return F.relu(h)

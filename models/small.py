@@ -7,7 +7,7 @@ Both are `net(x, n_out, hidden)`: affine layers named layer0, layer1, ... in the
 current parameter scope, weights W of shape (d_in, d_out) and biases b (d_out,).
 With `replicas=R` every parameter gets a leading axis of R and x is (R, B, d), or
 (B, d) when every copy sees the same input: R independent copies of the model
-evaluated in one graph (the leave-one-out counterfactuals of `sgd_influence.hara71`
+evaluated in one graph (the leave-one-out counterfactuals of `sgd_influence.checks.hara71`
 train side by side this way; a shared input makes the first layer one matrix product).
 
 Initialisation as PyTorch's nn.Linear (the published code): W and b uniform in

@@ -15,7 +15,7 @@ os.environ["SGD_INFLUENCE_NO_DOWNLOAD"] = "1"
 
 from datasets import Data, Split  # noqa: E402
 from models import cnn  # noqa: E402
-from sgd_influence.settings import set_context  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
 
 set_context("0")
 

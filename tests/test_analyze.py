@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from datasets import load_dataset
-from sgd_influence import analyze as A
-from sgd_influence import grids, layout
-from sgd_influence.metrics import kendall_tau_b, spearman
+from sgd_influence.analysis import analyze as A
+from sgd_influence.analysis import grids
+from sgd_influence.base import layout
+from sgd_influence.base.metrics import kendall_tau_b, spearman
 
 N_TRAIN, BS, EPOCHS = 40, 16, 2
 # Final test accuracy per (method, n removed): one value per seed 0, 1, 2.
@@ -271,7 +272,7 @@ def test_empty_folder_is_one_line_error(tmp_path, capsys):
 
 
 def test_paired_differences_against_hand_computed_interval():
-    from sgd_influence.analyze import paired_differences
+    from sgd_influence.analysis.analyze import paired_differences
     scores = {"Hara": {0: {0: .8, 1: .8, 2: .8}, 10: {0: .83, 1: .84, 2: .85}, 30: {0: .80, 1: .82}},
               "Random": {0: {0: .8, 1: .8, 2: .8}, 10: {0: .80, 1: .80, 2: .80}, 30: {0: .81, 1: .80}}}
     rows = {r["n_removed"]: r for r in paired_differences(scores)}

@@ -1,4 +1,4 @@
-"""Batch norm with statistics weighted by the retrace's per-sample weights (sgd_influence/batch_norm.py).
+"""Batch norm with statistics weighted by the retrace's per-sample weights (sgd_influence/core/batch_norm.py).
 
 w = 1/|S| must be batch norm as trained, w_j = 0 the batch without j, and dQ/dw_j (both
 retraces) the derivative of that removal, coupling through the statistics included.
@@ -9,10 +9,10 @@ import nnabla.functions as F
 import pytest
 
 from conftest import TINY_BN
-from sgd_influence.batch_norm import EPS, weighted_batch_norm
-from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph,
+from sgd_influence.core.batch_norm import EPS, weighted_batch_norm
+from sgd_influence.core.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph,
                                   trainable_params, zero_grads)
-from sgd_influence.train import init_model
+from sgd_influence.core.train import init_model
 
 
 def rel(a, b):

@@ -1,4 +1,4 @@
-"""--scheduler: the drivers' units on a Dask cluster (sgd_influence/cluster.py).
+"""--scheduler: the drivers' units on a Dask cluster (sgd_influence/pipeline/cluster.py).
 
 One LocalCluster of two single-threaded worker processes serves the tests; the tiny
 experiment is test_end_to_end's."""
@@ -14,8 +14,8 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from sgd_influence import cluster  # noqa: E402
-from sgd_influence.experiment import main as driver_main  # noqa: E402
+from sgd_influence.pipeline import cluster  # noqa: E402
+from sgd_influence.pipeline.experiment import main as driver_main  # noqa: E402
 from test_end_to_end import ROOT, TINY_RUN, layout  # noqa: E402
 
 
@@ -138,7 +138,7 @@ def test_bad_scheduler_address_and_workers_together_are_refused(tmp_path, idx_di
 
 
 def test_unit_needs_orders_training_influence_retraining():
-    from sgd_influence.experiment import eval_unit, retrace_unit, train_unit, unit_needs
+    from sgd_influence.pipeline.experiment import eval_unit, retrace_unit, train_unit, unit_needs
     assert unit_needs((retrace_unit, "Hara", 1), (train_unit, 1))
     assert not unit_needs((retrace_unit, "Hara", 1), (train_unit, 0))  # other trial
     assert unit_needs((eval_unit, ("Hara",), 10, 1), (retrace_unit, "Hara", 1))
@@ -161,7 +161,7 @@ def test_slurm_job_script(capsys):
 @pytest.mark.slow  # about a minute here: two LDS runs
 def test_lds_replays_on_the_cluster_match_one_process(local_cluster, idx_dir, tmp_path):
     """validate_influence.py --lds: the replays' values come back to the driver (on_result)."""
-    from sgd_influence.validate import main as validate_main
+    from sgd_influence.checks.validate import main as validate_main
     c, client = local_cluster
     base = ["-ds", "fashion_mnist", "--data-dir", idx_dir, "--n-train", "48", "--n-val", "16", "-e", "2",
             "-bs", "16", "--lds", "--lds-fraction", "0.25", "--lds-subsets", "5", "--noise-replays", "2",
@@ -192,7 +192,7 @@ def test_make_paper_passes_the_scheduler():
 def test_cluster_workers_report_their_steps(local_cluster, monkeypatch):
     """A unit's loop on a Dask worker reports its steps to the driver (scheduler events)."""
     import argparse
-    from sgd_influence import progress
+    from sgd_influence.base import progress
     from test_progress import looping_unit
     c, _ = local_cluster
     seen = []
@@ -205,3 +205,46 @@ def test_cluster_workers_report_their_steps(local_cluster, monkeypatch):
     while {m["desc"] for m in seen} != {"loop 0", "loop 1"} and time.time() < deadline:
         time.sleep(0.1)
     assert {m["desc"] for m in seen} == {"loop 0", "loop 1"} and all(m["total"] == 5 for m in seen)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_scheduler_that_cannot_import_the_project_is_one_error_line(tmp_path, capsys):
+    """`dask scheduler` started elsewhere without PYTHONPATH: the driver says so in one line, exit 2,
+    and writes nothing (the scheduler unpickles the task graph, which names project functions)."""
+    import argparse
+    from sgd_influence.base.errors import run_command
+    from sgd_influence.pipeline.experiment import train_unit
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    sched = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--dashboard-address", ":0", "--no-show"], cwd=str(tmp_path), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        args = argparse.Namespace(workers=1, device_id="cpu", scheduler=f"tcp://127.0.0.1:{port}",
+                                  output_dir=str(out), data_dir=None)
+        code = run_command(lambda: cluster.run_units([(train_unit, 0)], args, "training", progress=False))
+    finally:
+        sched.terminate()
+        sched.wait(30)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and os.listdir(out) == []
+    line = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and f"tcp://127.0.0.1:{port}" in line[0] and f"PYTHONPATH={ROOT}" in line[0], err
+
+
+def test_cluster_scheduler_and_worker_commands_put_the_project_on_the_path():
+    cmd, env = cluster.dask_command("worker", ["tcp://h:8786", "--nthreads", "1"], {"PYTHONPATH": "/x", "A": "b"})
+    assert cmd == [sys.executable, "-m", "dask", "worker", "tcp://h:8786", "--nthreads", "1"]
+    assert env["PYTHONPATH"] == ROOT + os.pathsep + "/x" and env["A"] == "b"
+    assert cluster.dask_command("scheduler", [], {})[1]["PYTHONPATH"] == ROOT
+    r = subprocess.run([sys.executable, "-m", "sgd_influence.cluster", "scheduler", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "scheduler" in r.stdout, r.stdout + r.stderr

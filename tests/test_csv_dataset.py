@@ -14,8 +14,8 @@ from PIL import Image
 from conftest import ROOT
 from datasets import load_dataset
 from datasets.pipeline import resize, resize_matrix, short_edge_size
-from sgd_influence import layout
-from sgd_influence.errors import UserError
+from sgd_influence.base import layout
+from sgd_influence.base.errors import UserError
 
 
 def save(path, array, fmt=None):

@@ -18,7 +18,7 @@ from conftest import ROOT, idx_bytes
 from datasets import download as dl
 from datasets import load_dataset, pipeline
 from datasets.download import Archive
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 
 IDX_NAMES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

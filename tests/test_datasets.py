@@ -6,7 +6,7 @@ import pytest
 from datasets.idx import read_idx
 from datasets.pipeline import (PAD, _read_cifar10, _read_stl10, augment, load_dataset,
                                resize_short_edge)
-from sgd_influence.errors import UserError
+from sgd_influence.base.errors import UserError
 from conftest import write_idx
 
 

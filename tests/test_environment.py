@@ -22,11 +22,12 @@ def python_without_nnabla():
 @pytest.fixture
 def fake_repo(tmp_path):
     """A repository copy holding only the bootstrap and a driver that prints where it runs."""
-    (tmp_path / "sgd_influence").mkdir()
-    shutil.copy(os.path.join(ROOT, "sgd_influence", "environment.py"), tmp_path / "sgd_influence")
+    (tmp_path / "sgd_influence" / "base").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "sgd_influence", "base", "environment.py"), tmp_path / "sgd_influence" / "base")
     (tmp_path / "sgd_influence" / "__init__.py").write_text("")
+    (tmp_path / "sgd_influence" / "base" / "__init__.py").write_text("")
     (tmp_path / "driver.py").write_text(
-        "import sys\nfrom sgd_influence.environment import ensure_project_python\nensure_project_python()\n"
+        "import sys\nfrom sgd_influence.base.environment import ensure_project_python\nensure_project_python()\n"
         "print('ran', sys.argv[1:])\n")
     return tmp_path
 

@@ -77,7 +77,8 @@ def test_corrupt_data_file(tmp_path, idx_dir):
 
 def test_disk_full_is_one_line_and_keeps_results(out_with_result, idx_dir, monkeypatch, capsys):
     import errno
-    from sgd_influence import experiment, layout
+    from sgd_influence.pipeline import experiment
+    from sgd_influence.base import layout
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", path)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import TINY_BN
-from sgd_influence import settings
-from sgd_influence.errors import UserError
-from sgd_influence.settings import set_context
+from sgd_influence.config import settings
+from sgd_influence.base.errors import UserError
+from sgd_influence.config.settings import set_context
 
 
 def test_cpu_on_request_and_bad_ids_refused(capsys):
@@ -64,9 +64,9 @@ def test_cpu_and_cudnn_agree_on_training_and_retrace(data, tmp_path):
     """One training per context, then the Ours retrace (fd and exact) of each: scores agree
     (Spearman >= 0.999) and the trained parameters to float32 tolerance."""
     import nnabla as nn
-    from sgd_influence.infl import retrace
-    from sgd_influence.metrics import spearman
-    from sgd_influence.train import train
+    from sgd_influence.core.infl import retrace
+    from sgd_influence.base.metrics import spearman
+    from sgd_influence.core.train import train
     runs, params, scores = {}, {}, {}
     for ctx in ("cpu", "0"):
         set_context(ctx)
@@ -88,8 +88,8 @@ def test_cpu_and_cudnn_agree_on_training_and_retrace(data, tmp_path):
 @gpu
 def test_cudnn_runs_are_deterministic(data, tmp_path):
     """Two identical cudnn runs (NNABLA_CUDNN_DETERMINISTIC=1) give identical scores."""
-    from sgd_influence.infl import retrace
-    from sgd_influence.train import train
+    from sgd_influence.core.infl import retrace
+    from sgd_influence.core.train import train
     set_context("0")
     out = []
     for k in range(2):
@@ -106,9 +106,9 @@ def test_cudnn_runs_are_deterministic(data, tmp_path):
 def test_resident_and_host_retrace_agree_on_cudnn(data, tmp_path):
     """On cudnn the retrace keeps its vectors and pins on the device by default; the host path
     (numpy round trips, as on the CPU) gives the same ranking."""
-    from sgd_influence.infl import retrace
-    from sgd_influence.metrics import spearman
-    from sgd_influence.train import train
+    from sgd_influence.core.infl import retrace
+    from sgd_influence.base.metrics import spearman
+    from sgd_influence.core.train import train
     set_context("0")
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.05, keep_step_params=True, progress=False, net=TINY_BN)

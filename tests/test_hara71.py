@@ -1,4 +1,4 @@
-"""Hara et al. Sec. 7.1 protocol (sgd_influence/hara71.py, validate_influence.py --protocol hara71)."""
+"""Hara et al. Sec. 7.1 protocol (sgd_influence/checks/hara71.py, validate_influence.py --protocol hara71)."""
 import json
 import os
 import subprocess
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from models.small import init_values, param_shapes
-from sgd_influence import hara71 as h
-from sgd_influence.metrics import kendall_tau_b, spearman
+from sgd_influence.checks import hara71 as h
+from sgd_influence.base.metrics import kendall_tau_b, spearman
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

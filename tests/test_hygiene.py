@@ -19,3 +19,32 @@ def test_nothing_is_unpickled():
     offenders = [p for p in project_sources() if pattern.search(open(p).read())]
     assert offenders == []
     assert len(list(project_sources())) > 10  # the walk really saw the project
+
+
+# Build artefacts and archives that never belong in the repository, and binary content by its bytes.
+ARTEFACT = re.compile(r"\.(whl|egg|tar|tgz|gz|bz2|xz|zip|7z|rar|so|dylib|dll|pyd|pyc|o|a|exe|jar|deb|rpm|"
+                      r"h5|npz|npy|nnp|pkl|pickle)$", re.I)
+DATA_FOLDERS = ("docs/",)  # figures of the measurement reports, on purpose
+
+
+def tracked_files():
+    import subprocess
+    r = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True)
+    if r.returncode != 0:
+        import pytest
+        pytest.skip("not a git checkout")
+    return [f for f in r.stdout.decode().split("\0") if f and os.path.isfile(os.path.join(ROOT, f))]
+
+
+def is_binary(path: str) -> bool:
+    with open(os.path.join(ROOT, path), "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def test_no_build_artefact_or_binary_is_tracked_outside_the_data_folders():
+    files = tracked_files()
+    assert "Makefile" in files and len(files) > 50  # the listing really is this repository's
+    strays = [f for f in files if not f.startswith(DATA_FOLDERS) and (ARTEFACT.search(f) or is_binary(f))]
+    assert strays == [], f"binary or build artefacts tracked outside {DATA_FOLDERS}: {strays}"
+    in_docs = [f for f in files if f.startswith(DATA_FOLDERS) and ARTEFACT.search(f)]
+    assert in_docs == [], f"archives or build artefacts under docs/: {in_docs}"

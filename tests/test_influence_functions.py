@@ -9,10 +9,10 @@ import pytest
 
 from conftest import tiny_data
 from influence_functions.infl import Hessian, SolverDiverged, influence_functions, solve
-from sgd_influence.eval import retrain
-from sgd_influence.graphs import trainable_params
-from sgd_influence.infl import load_final_model, val_gradient
-from sgd_influence.train import train
+from sgd_influence.core.eval import retrain
+from sgd_influence.core.graphs import trainable_params
+from sgd_influence.core.infl import load_final_model, val_gradient
+from sgd_influence.core.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,14 +8,14 @@ import nnabla.parametric_functions as PF
 import pytest
 
 from conftest import TINY, tiny_data
-from sgd_influence.controls import negated_training_loss
-from sgd_influence.errors import UserError
-from sgd_influence.graphs import LossGraph, trainable_params
-from sgd_influence.infl import load_final_model, retrace, val_gradient
-from sgd_influence.noise import detection, flip_labels, with_label_noise, write_flipped_csv, write_noise_detection
-from sgd_influence.layout import influence_path, noise_path, step_record_path, write_influence_csv
-from sgd_influence.step_record import StepRecord
-from sgd_influence.train import train
+from sgd_influence.core.controls import negated_training_loss
+from sgd_influence.base.errors import UserError
+from sgd_influence.core.graphs import LossGraph, trainable_params
+from sgd_influence.core.infl import load_final_model, retrace, val_gradient
+from sgd_influence.config.noise import detection, flip_labels, with_label_noise, write_flipped_csv, write_noise_detection
+from sgd_influence.base.layout import influence_path, noise_path, step_record_path, write_influence_csv
+from sgd_influence.core.step_record import StepRecord
+from sgd_influence.core.train import train
 from test_end_to_end import TINY_RUN, run
 
 

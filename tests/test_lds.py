@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from sgd_influence import lds
-from sgd_influence.errors import UserError
-from sgd_influence.params import StepParamsReader
-from sgd_influence.train import train
-from sgd_influence.validate import build_parser, check_args, main, run_lds
+from sgd_influence.checks import lds
+from sgd_influence.base.errors import UserError
+from sgd_influence.core.params import StepParamsReader
+from sgd_influence.core.train import train
+from sgd_influence.checks.validate import build_parser, check_args, main, run_lds
 
 
 def lds_args(out, *extra):

@@ -16,13 +16,14 @@ import pytest
 from conftest import ROOT, TINY_BN
 from datasets import load_dataset
 from models import cnn
-from sgd_influence import network, settings
-from sgd_influence.eval import retrain
-from sgd_influence.errors import UserError
-from sgd_influence.graphs import BranchRecorder, LossGraph
-from sgd_influence.infl import retrace
-from sgd_influence.metrics import spearman
-from sgd_influence.train import train
+from sgd_influence.core import network
+from sgd_influence.config import settings
+from sgd_influence.core.eval import retrain
+from sgd_influence.base.errors import UserError
+from sgd_influence.core.graphs import BranchRecorder, LossGraph
+from sgd_influence.core.infl import retrace
+from sgd_influence.base.metrics import spearman
+from sgd_influence.core.train import train
 from test_csv_dataset import make_image_folder
 
 
@@ -187,7 +188,7 @@ def test_python_function_network_end_to_end(csv_run):
 
 
 def io_scores(path):
-    from sgd_influence import layout
+    from sgd_influence.base import layout
     return layout.read_influence_csv(str(path))["influence"]
 
 
@@ -198,7 +199,7 @@ def test_export_clean_csv_dataset_loads_back(csv_run):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     dest = out / "export" / "Ours_without_5_seed0"
-    from sgd_influence import layout
+    from sgd_influence.base import layout
     order = layout.read_influence_csv(str(out / "influence" / "Ours" / "influence_ours_0.csv"))
     removed = set(order["ids"][:5])
     clean = load_dataset("csv", 0, train_csv=str(dest / "train.csv"), val_csv=str(root / "mydata" / "val.csv"),

@@ -1,16 +1,16 @@
-"""Step progress from worker processes (sgd_influence/progress.py): a loop in a worker reports
+"""Step progress from worker processes (sgd_influence/base/progress.py): a loop in a worker reports
 its steps to the driver, which shows them under the phase's bar."""
 import argparse
 import time
 import types
 
-from sgd_influence import progress
-from sgd_influence.runner import run_units
+from sgd_influence.base import progress
+from sgd_influence.pipeline.runner import run_units
 
 
 def looping_unit(args, k, progress=True):
     """A unit with a loop of 5 steps, as training and the retrace have."""
-    from sgd_influence.progress import bar
+    from sgd_influence.base.progress import bar
     b = bar(total=5, desc=f"loop {k}", disable=not progress)
     for _ in range(5):
         time.sleep(0.05)

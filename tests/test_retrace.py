@@ -11,15 +11,15 @@ import functools
 import nnabla.functions as F
 
 from models import Ops
-from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, flat,
+from sgd_influence.core.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph, RetraceGraph, flat,
                                   flat_trainable, trainable_params)
-from sgd_influence.infl import retrace, val_gradient
-from sgd_influence.errors import UserError
-from sgd_influence.metrics import spearman
-from sgd_influence.params import StepParamsReader, load_checkpoint
-from sgd_influence.layout import checkpoint_path, step_params_path, step_record_path
-from sgd_influence.step_record import StepRecord
-from sgd_influence.train import SGD, init_model, train
+from sgd_influence.core.infl import retrace, val_gradient
+from sgd_influence.base.errors import UserError
+from sgd_influence.base.metrics import spearman
+from sgd_influence.core.params import StepParamsReader, load_checkpoint
+from sgd_influence.base.layout import checkpoint_path, step_params_path, step_record_path
+from sgd_influence.core.step_record import StepRecord
+from sgd_influence.core.train import SGD, init_model, train
 
 
 def final_state(data, run_dir, epochs, net):
@@ -173,7 +173,7 @@ def test_stored_step_parameters_are_the_ones_used_at_each_step(data, tmp_path):
 
 
 def test_retraining_with_nothing_removed_reproduces_training(data, tmp_path):
-    from sgd_influence.eval import retrain
+    from sgd_influence.core.eval import retrain
     run = str(tmp_path)
     train(data, run, seed=0, epochs=2, batch_size=8, lr=0.1, keep_step_params=False, progress=False, net=TINY_BN)
     init_model(data, 0, 8, TINY_BN)
@@ -274,8 +274,8 @@ def test_finite_difference_retrace_ranks_like_exact(data, tmp_path, method):
 
 
 def test_cli_retrace_choices_are_the_implemented_modes():
-    from sgd_influence.settings import build_parser
-    from sgd_influence.infl import RETRACE_MODES
+    from sgd_influence.config.settings import build_parser
+    from sgd_influence.core.infl import RETRACE_MODES
     action = next(a for a in build_parser("", "out", ["Hara"])._actions if a.dest == "retrace")
     assert set(action.choices) == set(RETRACE_MODES) and action.default == "fd"
 
@@ -284,7 +284,9 @@ def test_bn_coupling_option_reaches_the_retrace(data, tmp_path, monkeypatch):
     """--bn-coupling on|off (default on) becomes retrace(bn_coupling=...) in the drivers and in
     validate_influence, and is a per-method setting like --retrace."""
     import inspect
-    from sgd_influence import experiment, settings, validate
+    from sgd_influence.pipeline import experiment
+    from sgd_influence.config import settings
+    from sgd_influence.checks import validate
     seen = []
     fake = lambda *a, **k: seen.append(k["bn_coupling"]) or np.zeros(len(data.train))  # noqa: E731
     monkeypatch.setattr(experiment, "retrace", fake)
@@ -330,10 +332,10 @@ def test_pinned_max_pool_on_odd_sizes():
 def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_path):
     """--retrace changes Hara/Ours/TracIn_last scores only: a folder without them takes the
     new value (the training is reused); with them, the change is refused and named."""
-    from sgd_influence import layout
-    from sgd_influence.errors import UserError
-    from sgd_influence.experiment import check_or_reset_output
-    from sgd_influence.settings import build_parser
+    from sgd_influence.base import layout
+    from sgd_influence.base.errors import UserError
+    from sgd_influence.pipeline.experiment import check_or_reset_output
+    from sgd_influence.config.settings import build_parser
     out = str(tmp_path / "out")
     parser = build_parser("", "out", ["Hara", "Ours", "Random"])
     old = parser.parse_args(["-o", out, "--retrace", "exact"])
@@ -351,10 +353,10 @@ def test_changing_the_retrace_is_refused_only_once_retrace_results_exist(tmp_pat
 def test_results_from_before_bn_coupling_count_as_off(tmp_path):
     """A folder whose run.json predates --bn-coupling holds scores made without the coupling:
     resuming it with the default (on) is refused once retrace results exist; off resumes."""
-    from sgd_influence import layout
-    from sgd_influence.errors import UserError
-    from sgd_influence.experiment import check_or_reset_output
-    from sgd_influence.settings import build_parser
+    from sgd_influence.base import layout
+    from sgd_influence.base.errors import UserError
+    from sgd_influence.pipeline.experiment import check_or_reset_output
+    from sgd_influence.config.settings import build_parser
     out = str(tmp_path / "out")
     parser = build_parser("", "out", ["Hara", "Ours", "Random"])
     settings = vars(parser.parse_args(["-o", out]))
@@ -371,7 +373,7 @@ def test_results_from_before_bn_coupling_count_as_off(tmp_path):
 def test_device_pins_equal_the_host_pins(data):
     """graphs.DevicePins (the fd pins computed where the activations live, for GPUs) gives the
     offsets of BranchReplayer.pin_to: the same branch masks, k within float32 rounding."""
-    from sgd_influence.graphs import DevicePins
+    from sgd_influence.core.graphs import DevicePins
     for net in (TINY, TINY_BN):
         init_model(data, 0, 8, net)
         rec, rep = BranchRecorder(), BranchReplayer()

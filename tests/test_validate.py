@@ -8,11 +8,11 @@ import nnabla as nn
 import pytest
 
 from conftest import TINY, TINY_BN
-from sgd_influence.errors import UserError
-from sgd_influence.eval import retrain
-from sgd_influence.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
-from sgd_influence.train import train
-from sgd_influence.validate import Counterfactuals, build_parser, check_args, pick_instances, run_validation
+from sgd_influence.base.errors import UserError
+from sgd_influence.core.eval import retrain
+from sgd_influence.base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
+from sgd_influence.core.train import train
+from sgd_influence.checks.validate import Counterfactuals, build_parser, check_args, pick_instances, run_validation
 
 
 def test_metrics_match_hand_computed_values():

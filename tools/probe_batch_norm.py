@@ -25,11 +25,11 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tools")]
 
 from conftest import TINY, TINY_BN, tiny_data  # noqa: E402  (sets the CPU context)
 from probe_final_step import pinned_removals  # noqa: E402
-from sgd_influence.graphs import trainable_params  # noqa: E402
-from sgd_influence.infl import retrace  # noqa: E402
-from sgd_influence.metrics import spearman  # noqa: E402
-from sgd_influence.train import train  # noqa: E402
-from sgd_influence.validate import Counterfactuals  # noqa: E402
+from sgd_influence.core.graphs import trainable_params  # noqa: E402
+from sgd_influence.core.infl import retrace  # noqa: E402
+from sgd_influence.base.metrics import spearman  # noqa: E402
+from sgd_influence.core.train import train  # noqa: E402
+from sgd_influence.checks.validate import Counterfactuals  # noqa: E402
 
 data = tiny_data(n_train=64)
 for net, name in ((TINY, "without batch norm"), (TINY_BN, "with batch norm")):

@@ -24,14 +24,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import load_dataset  # noqa: E402
 from models import cnn  # noqa: E402
-from sgd_influence import layout  # noqa: E402
-from sgd_influence.settings import set_context  # noqa: E402
-from sgd_influence.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
+from sgd_influence.base import layout  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
+from sgd_influence.core.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
                                   RetraceGraph, trainable_params, zero_grads)
-from sgd_influence.metrics import spearman  # noqa: E402
-from sgd_influence.layout import step_params_path, step_record_path  # noqa: E402
-from sgd_influence.train import train  # noqa: E402
-from sgd_influence.validate import Counterfactuals, build_parser, prepare_output  # noqa: E402
+from sgd_influence.base.metrics import spearman  # noqa: E402
+from sgd_influence.base.layout import step_params_path, step_record_path  # noqa: E402
+from sgd_influence.core.train import train  # noqa: E402
+from sgd_influence.checks.validate import Counterfactuals, build_parser, prepare_output  # noqa: E402
 
 
 def pinned_removals(data, params, x, y, u_flat, lr, net=cnn):

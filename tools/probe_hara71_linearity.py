@@ -18,9 +18,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import default_data_dir  # noqa: E402
 from models.small import init_values  # noqa: E402
-from sgd_influence import hara71 as h  # noqa: E402
-from sgd_influence.settings import set_context  # noqa: E402
-from sgd_influence.metrics import kendall_tau_b  # noqa: E402
+from sgd_influence.checks import hara71 as h  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
+from sgd_influence.base.metrics import kendall_tau_b  # noqa: E402
 
 EPS = (1e-6, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0)
 

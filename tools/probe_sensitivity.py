@@ -21,10 +21,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import load_dataset  # noqa: E402
-from sgd_influence import layout  # noqa: E402
-from sgd_influence.settings import set_context  # noqa: E402
-from sgd_influence.graphs import trainable_params  # noqa: E402
-from sgd_influence.validate import Counterfactuals, flat_trainable  # noqa: E402
+from sgd_influence.base import layout  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
+from sgd_influence.core.graphs import trainable_params  # noqa: E402
+from sgd_influence.checks.validate import Counterfactuals, flat_trainable  # noqa: E402
 
 
 def main() -> None:

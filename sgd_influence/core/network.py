@@ -48,9 +48,9 @@ from nnabla.parameter import get_parameter_or_create
 
 from models import Ops, cnn
 from .batch_norm import WeightedBatchNormOps
-from .errors import UserError
+from ..base.errors import UserError
 from .graphs import BranchRecorder
-from .methods import METHODS
+from ..base.methods import METHODS
 
 DEFAULT = "cnn"
 INITS = ("seed", "file")

@@ -15,7 +15,7 @@ import numpy as np
 from datasets import Data
 from models import cnn
 from .graphs import GraphCache, evaluate
-from .layout import step_record_path
+from ..base.layout import step_record_path
 from .step_record import StepRecord
 from .train import SGD, load_model
 

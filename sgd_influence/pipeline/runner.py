@@ -16,8 +16,8 @@ from typing import Callable, List, Optional
 from tqdm import tqdm
 
 from .cluster import run_units as run_on_cluster
-from .progress import StepBars, report_to
-from .settings import set_context
+from ..base.progress import StepBars, report_to
+from ..config.settings import set_context
 
 def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable] = None, progress: bool = True,
               **inline) -> None:

@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nnabla as nn
 
 from models import cnn
-from . import layout
-from .layout import Folder
+from ..base import layout
+from ..base.layout import Folder
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
 PAPER_BATCH, PAPER_EPOCHS = 32, 20

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository (sgd_influence/base/..)
 VENV = os.path.join(ROOT, ".venv")
 _GUARD = "SGD_INFLUENCE_REEXEC"  # set on re-execution: never loop
 

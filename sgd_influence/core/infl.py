@@ -52,9 +52,9 @@ from datasets import Data
 from models import cnn
 from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device, to_host, trainable_params,
                      zero_grads)
-from .layout import step_params_path, step_record_path
+from ..base.layout import step_params_path, step_record_path
 from .params import StepParamsReader
-from .progress import bar as step_bar
+from ..base.progress import bar as step_bar
 from .step_record import StepRecord
 from .train import load_model
 

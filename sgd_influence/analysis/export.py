@@ -22,10 +22,10 @@ from typing import List, Sequence
 
 import numpy as np
 
-from . import layout
-from .errors import UserError
-from .methods import DRIVER_METHODS
-from .settings import args_from_settings, data_for
+from ..base import layout
+from ..base.errors import UserError
+from ..base.methods import DRIVER_METHODS
+from ..config.settings import args_from_settings, data_for
 
 
 def export_dir(out: str, method: str, n: int, seed: int) -> str:

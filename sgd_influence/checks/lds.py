@@ -46,14 +46,15 @@ import numpy as np
 
 from datasets import Data
 from models import cnn
-from . import figures, layout, network
-from .runner import run_units
-from .graphs import GraphCache, evaluate, trainable_params
-from .metrics import pearson, spearman
-from .params import StepParamsReader, StepParamsWriter, load_checkpoint
-from .layout import checkpoint_path, step_record_path
-from .step_record import StepRecord
-from .train import SGD, init_model
+from ..base import figures, layout
+from ..core import network
+from ..pipeline.runner import run_units
+from ..core.graphs import GraphCache, evaluate, trainable_params
+from ..base.metrics import pearson, spearman
+from ..core.params import StepParamsReader, StepParamsWriter, load_checkpoint
+from ..base.layout import checkpoint_path, step_record_path
+from ..core.step_record import StepRecord
+from ..core.train import SGD, init_model
 
 # ----------------------------------------------------------------- subsets
 def subset_size(n: int, fraction: float) -> int:

@@ -21,9 +21,11 @@ import nnabla.functions as F
 from nnabla.ext_utils import get_extension_context
 
 from datasets import DATASETS, load_dataset
-from . import layout, network
-from .errors import UserError
-from .methods import DRIVER_METHODS, METHODS
+from ..base import layout
+from ..base.environment import ROOT
+from ..core import network
+from ..base.errors import UserError
+from ..base.methods import DRIVER_METHODS, METHODS
 from .noise import with_label_noise
 
 RETRACE_CHOICES = ("fd", "exact")  # = graphs.RETRACE_GRAPHS (tests/test_retrace.py checks)
@@ -214,7 +216,7 @@ def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str
 
 def code_version() -> str:
     """The git commit of this checkout (with '+dirty' for local changes), or 'unknown'."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10).stdout.strip()

@@ -12,7 +12,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .layout import atomic_path, reading
+from ..base.layout import atomic_path, reading
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Dict
 import numpy as np
 import nnabla as nn
 
-from .errors import UserError
-from .layout import atomic_path, read_json, reading, write_json
+from ..base.errors import UserError
+from ..base.layout import atomic_path, read_json, reading, write_json
 
 
 def save_checkpoint(path: str) -> None:

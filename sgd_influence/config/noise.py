@@ -26,9 +26,9 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from datasets import Data
-from .errors import UserError
-from .figures import pyplot, save
-from .layout import noise_path, read_removal_order, write_text
+from ..base.errors import UserError
+from ..base.figures import pyplot, save
+from ..base.layout import noise_path, read_removal_order, write_text
 
 FLIPPED_COLUMNS = ("datasource_index", "x:image", "original_label", "noisy_label")
 

@@ -52,10 +52,10 @@ from tqdm import tqdm
 
 from datasets import default_data_dir
 from models.small import init_values, net
-from . import layout
-from .errors import UserError, run_command
-from .settings import HelpFormatter, check_settings, device, positive_float, positive_int, set_context
-from .metrics import kendall_tau_b
+from ..base import layout
+from ..base.errors import UserError, run_command
+from ..config.settings import HelpFormatter, check_settings, device, positive_float, positive_int, set_context
+from ..base.metrics import kendall_tau_b
 
 # Published settings (experiment/Sec71/train.py, MNIST): "mlp" is the paper's "DNN".
 PUBLISHED = {

@@ -8,12 +8,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from datasets import CLASS_NAMES
-from . import layout
-from .errors import UserError, warn
-from .figures import pyplot, save
-from .layout import Folder
-from .methods import is_control, sort_key
-from .settings import args_from_settings, data_for
+from ..base import layout
+from ..base.errors import UserError, warn
+from ..base.figures import pyplot, save
+from ..base.layout import Folder
+from ..base.methods import is_control, sort_key
+from ..config.settings import args_from_settings, data_for
 
 GRID = 32  # instances per harmful/helpful grid
 

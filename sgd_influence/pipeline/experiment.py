@@ -20,20 +20,21 @@ import numpy as np
 
 from influence_functions.infl import influence_functions
 from influence_functions.report import write_solver_summary, write_solver_trace
-from . import layout, network
-from .analyze import analyze
-from .controls import negated_training_loss, random_key
-from .errors import UserError, run_command
+from ..base import layout
+from ..core import network
+from ..analysis.analyze import analyze
+from ..core.controls import negated_training_loss, random_key
+from ..base.errors import UserError, run_command
 from .cluster import run_phases
-from .eval import retrain
-from .infl import load_final_model, retrace, val_gradient
-from .methods import METHODS, needs_step_params
-from .layout import noise_path, step_params_path, step_record_path
-from .noise import write_flipped_csv
+from ..core.eval import retrain
+from ..core.infl import load_final_model, retrace, val_gradient
+from ..base.methods import METHODS, needs_step_params
+from ..base.layout import noise_path, step_params_path, step_record_path
+from ..config.noise import write_flipped_csv
 from .runner import run_units
-from .settings import (GPU_ENVIRONMENT, METHOD_SETTINGS, RESULT_SETTINGS, args_from_settings, build_parser,
+from ..config.settings import (GPU_ENVIRONMENT, METHOD_SETTINGS, RESULT_SETTINGS, args_from_settings, build_parser,
                        code_version, data_for, differences, set_context)
-from .train import train
+from ..core.train import train
 
 
 # ------------------------------------------------------------------------ units

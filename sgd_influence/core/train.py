@@ -20,11 +20,11 @@ import nnabla.solvers as S
 
 from datasets import Data
 from models import cnn
-from .errors import UserError
+from ..base.errors import UserError
 from .graphs import GraphCache, trainable_params
-from .layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
+from ..base.layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
 from .params import StepParamsWriter, load_checkpoint, save_checkpoint
-from .progress import bar as step_bar
+from ..base.progress import bar as step_bar
 from .step_record import StepRecord, epoch_batches
 
 

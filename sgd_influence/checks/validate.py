@@ -39,19 +39,21 @@ from tqdm import tqdm
 from datasets import DATASETS, Data, load_dataset
 from influence_functions.infl import influence_functions
 from models import cnn
-from . import figures, layout, lds, network
-from .controls import negated_training_loss, random_key
-from .errors import UserError, run_command
-from .graphs import GraphCache, evaluate, flat, flat_trainable
-from .infl import load_final_model, retrace, val_gradient
-from .methods import DRIVER_METHODS, METHODS
-from .metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
-from .layout import step_params_path, step_record_path
-from .params import StepParamsReader
-from .settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
+from ..base import figures, layout
+from . import lds
+from ..core import network
+from ..core.controls import negated_training_loss, random_key
+from ..base.errors import UserError, run_command
+from ..core.graphs import GraphCache, evaluate, flat, flat_trainable
+from ..core.infl import load_final_model, retrace, val_gradient
+from ..base.methods import DRIVER_METHODS, METHODS
+from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
+from ..base.layout import step_params_path, step_record_path
+from ..core.params import StepParamsReader
+from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
                        device, differences, nonneg_int, positive_float, positive_int, set_context)
-from .step_record import StepRecord
-from .train import SGD, load_model, train
+from ..core.step_record import StepRecord
+from ..core.train import SGD, load_model, train
 
 # The estimators: every method of the table (methods.METHODS), the published variants of Ours included.
 ESTIMATORS = tuple(METHODS)

@@ -1,0 +1,404 @@
+"""Phase 4: the paper's table and figures, and a look at what gets removed.
+
+Usage: python -m sgd_influence.analyze OUT [OUT2 ...] [--out DIR] [--no-images]
+
+Reads the score, influence and cache-size files of one or more output folders
+(e.g. an eval_sgd_influence.py folder and an eval_influence_functions.py
+folder of the same data and settings) and writes, under DIR (default: the
+first OUT):
+
+  summary/summary.csv        batch_size,method,n_removed,test_accuracy mean/std (ddof=1, 0 for one trial),n_trials
+  summary/paired_vs_random.csv  per method and n: accuracy minus Random's of the same trial, mean, std and
+                             95% t-interval over trials, and whether it excludes 0
+  summary/table1_cache.csv   the paper's Table 1: cache of all epochs' parameters (theta x T x K),
+  summary/table1_cache.md      Hara (theta x T) and Ours (theta), measured here and projected to paper scale
+  summary/agreement.csv      per trial and pair of scoring methods: Spearman, Kendall tau-b, overlap of
+                             the n most negative for every removal size n
+  summary/inputs.json        the folders analysed (only when merging or given --out)
+  fig/result.png             Fig. 2: mean test accuracy vs number removed, No Removal line
+  fig/result_errorbars.png   Fig. 4: the same with +-1 sample standard deviation over trials
+  fig/batch_size.png         Fig. 5: one panel per batch size (only given folders of several -bs)
+  fig/agreement_seed<k>.png  influence of one method against another, one panel per pair
+  fig/harmful_<method>_seed<k>.png  the 32 most negative instances (image, label, influence)
+  fig/helpful_<method>_seed<k>.png  the 32 most positive
+
+Folders are merged only if every result-changing setting their run.json
+files share is equal, except the batch size (Fig. 5 compares batch sizes).
+Everything but summary.csv and batch_size.png describes the first folder's
+batch size. A (method, n, trial) result present in several folders is taken
+from the first (a warning names any that differ).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..base import layout
+from ..base.errors import UserError, run_command, warn
+from .export import export_clean
+from ..base.figures import plot_agreement, plot_batch_sizes, plot_result, trials_text
+from .grids import write_grids
+from ..base.layout import Folder, read_folder
+from ..base.methods import CONTROL, is_control, sort_key
+from ..base.metrics import kendall_tau_b, spearman
+from ..config.noise import write_noise_detection
+from ..config.settings import RESULT_SETTINGS, differences
+from .table1 import table1_rows, write_table1
+
+
+class Row(NamedTuple):
+    """One line of summary.csv."""
+    batch_size: Optional[int]
+    method: str
+    n_removed: int
+    mean: float
+    std: float  # sample standard deviation over trials (ddof=1), 0 for one trial
+    n_trials: int
+
+
+Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -> final test accuracy
+Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
+
+
+# ----------------------------------------------------------------------- reading
+def check_mergeable(folders: Sequence[Folder]) -> None:
+    """Refuse folders whose result-changing settings differ (the batch size may)."""
+    if len(folders) < 2:
+        return
+    first = folders[0]
+    for f in folders:
+        if not f.settings:
+            raise UserError(f"cannot merge {f.path}: it has no run.json, so its settings are unknown; "
+                            f"analyze it on its own")
+    for f in folders[1:]:
+        keys = [k for k in RESULT_SETTINGS if k != "batch_size" and k in first.settings and k in f.settings]
+        diff = differences(first.settings, f.settings, keys, sep="vs")
+        if diff:
+            raise UserError(f"cannot merge {first.path} and {f.path}: their run.json settings differ "
+                            f"({'; '.join(diff)}); only the batch size may differ")
+
+
+def final_test_accuracy(path: str) -> float:
+    """test_accuracy of the last epoch row of a score CSV."""
+    return float(layout.read_score_csv(path)[-1, layout.SCORE_COLUMNS.index("test_accuracy")])
+
+
+def collect(out: str) -> Scores:
+    """{method: {n_removed: {seed: final test accuracy}}} of one folder."""
+    scores: Scores = {}
+    for method, n, seed, path in layout.score_files(out):
+        scores.setdefault(method, {}).setdefault(n, {})[seed] = final_test_accuracy(path)
+    return scores
+
+
+def merge_scores(parts: Sequence[Tuple[str, Scores]]) -> Scores:
+    """Union over folders; the first folder's value wins, differing duplicates are named."""
+    merged: Scores = {}
+    for path, scores in parts:
+        for method, by_n in scores.items():
+            differ = 0
+            for n, by_seed in by_n.items():
+                dst = merged.setdefault(method, {}).setdefault(n, {})
+                for seed, acc in by_seed.items():
+                    if seed in dst:
+                        differ += dst[seed] != acc
+                    else:
+                        dst[seed] = acc
+            if differ:
+                warn(f"{method}: {differ} score(s) in {path} differ from an earlier folder's; using the earlier")
+    return merged
+
+
+def merge_influence(parts: Sequence[Tuple[str, Influence]]) -> Influence:
+    merged: Influence = {}
+    for path, found in parts:
+        for method, by_seed in found.items():
+            dst = merged.setdefault(method, {})
+            for seed, p in by_seed.items():
+                if seed not in dst:
+                    dst[seed] = p
+                elif open(dst[seed], "rb").read() != open(p, "rb").read():
+                    warn(f"{method} seed {seed}: {p} differs from {dst[seed]}; using the earlier")
+    return merged
+
+
+# ----------------------------------------------------------------------- summary
+def summarize(scores: Scores, batch_size: Optional[int] = None) -> List[Row]:
+    """Mean and sample standard deviation over trials per method and n, methods in plot order (methods.sort_key)."""
+    rows = []
+    for method in sorted(scores, key=sort_key):
+        for n in sorted(scores[method]):
+            acc = np.array([scores[method][n][s] for s in sorted(scores[method][n])])
+            std = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
+            rows.append(Row(batch_size, method, n, float(acc.mean()), std, len(acc)))
+    return rows
+
+
+def no_removal(scores: Scores) -> Optional[Tuple[float, float, int]]:
+    """(mean, sample std, trials) of the n = 0 accuracy: per trial averaged over methods (identical
+    within a folder, as n = 0 is one shared retraining), then over trials."""
+    per_seed: Dict[int, List[float]] = {}
+    for by_n in scores.values():
+        for seed, acc in by_n.get(0, {}).items():
+            per_seed.setdefault(seed, []).append(acc)
+    if not per_seed:
+        return None
+    acc = np.array([np.mean(per_seed[s]) for s in sorted(per_seed)])
+    return float(acc.mean()), float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, len(acc)
+
+
+def write_summary(path: str, rows: Sequence[Row]) -> None:
+    lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials"]
+    lines += [f"{'' if b is None else b},{m},{n},{mean:.6f},{std:.6f},{k}" for b, m, n, mean, std, k in rows]
+    layout.write_text(path, "\n".join(lines) + "\n")
+
+
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (a 95% interval), 1..30; normal beyond.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
+    """Per method and n > 0: the test accuracy minus the control's of the same trial, its mean,
+    sample standard deviation and 95% t-interval over trials (none with one trial); `distinguishable`
+    when the interval excludes 0."""
+    rows = []
+    for method in sorted(scores, key=sort_key):
+        if method == control or control not in scores:
+            continue
+        for n in sorted(scores[method]):
+            seeds = sorted(set(scores[method][n]) & set(scores[control].get(n, {})))
+            if n == 0 or not seeds:
+                continue
+            d = np.array([scores[method][n][s] - scores[control][n][s] for s in seeds])
+            row = {"method": method, "control": control, "n_removed": n, "n_trials": len(d),
+                   "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None,
+                   "ci95_high": None, "distinguishable": None}
+            if len(d) > 1:
+                sd = float(d.std(ddof=1))
+                half = (T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96) * sd / math.sqrt(len(d))
+                row.update(difference_std=sd, ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half),
+                           distinguishable=bool(d.mean() - half > 0 or d.mean() + half < 0))
+            rows.append(row)
+    return rows
+
+
+def write_paired(path: str, rows: Sequence[dict]) -> None:
+    cols = ["method", "control", "n_removed", "n_trials", "difference_mean", "difference_std", "ci95_low",
+            "ci95_high", "distinguishable"]
+    fmt = lambda v: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else str(v))  # noqa: E731
+    layout.write_text(path, "\n".join([",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]) + "\n")
+
+
+# --------------------------------------------------------------------- agreement
+def overlap(order_a: np.ndarray, order_b: np.ndarray, n: int) -> int:
+    """Instances among the n most negative of both removal orders."""
+    return len(np.intersect1d(order_a[:n], order_b[:n]))
+
+
+def agreement_rows(influence: Influence, sizes: Sequence[int]) -> List[dict]:
+    """Per trial and pair of scoring methods: rank correlations over all instances and the overlap of
+    the n most negative (the instances each would remove) for each removal size 0 < n < N."""
+    methods = sorted((m for m in influence if not is_control(m)), key=sort_key)
+    rows = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            for seed in sorted(set(influence[a]) & set(influence[b])):
+                fa, fb = layout.read_influence_csv(influence[a][seed]), layout.read_influence_csv(influence[b][seed])
+                n_inst = len(fa["index"])
+                if len(fb["index"]) != n_inst or not np.array_equal(np.sort(fa["index"]), np.sort(fb["index"])):
+                    warn(f"{a} and {b} seed {seed} score different instances; agreement skipped")
+                    continue
+                va, vb = np.empty(n_inst), np.empty(n_inst)
+                va[fa["index"]], vb[fb["index"]] = fa["influence"], fb["influence"]
+                base = {"seed": seed, "method_a": a, "method_b": b, "n_instances": n_inst,
+                        "spearman": spearman(va, vb), "kendall_tau_b": kendall_tau_b(va, vb),
+                        "a": va, "b": vb}
+                ns = [n for n in sorted(set(sizes)) if 0 < n < n_inst]
+                for n in ns or [None]:
+                    k = overlap(fa["index"], fb["index"], n) if n else None
+                    rows.append(dict(base, n_removed=n, overlap=k, overlap_fraction=k / n if n else None,
+                                     chance_overlap=n * n / n_inst if n else None))
+    return rows
+
+
+AGREEMENT_COLUMNS = ("seed", "method_a", "method_b", "n_instances", "spearman", "kendall_tau_b", "n_removed",
+                     "overlap", "overlap_fraction", "chance_overlap")
+
+
+def write_agreement(path: str, rows: Sequence[dict]) -> None:
+    def fmt(v):
+        return "" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)
+    lines = [",".join(AGREEMENT_COLUMNS)] + [",".join(fmt(r[c]) for c in AGREEMENT_COLUMNS) for r in rows]
+    layout.write_text(path, "\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------------ driver
+@dataclass
+class Inputs:
+    """The folders to analyse, grouped by batch size, with their results merged per group."""
+    runs: List[Folder]
+    groups: Dict[Optional[int], List[Folder]]  # batch size -> folders
+    scores: Dict[Optional[int], Scores]  # batch size -> merged scores
+    influence: Influence  # the first folder's batch size, merged
+    source: Dict[str, Folder]  # method -> the first folder holding its influence files
+    n_train: Dict[Optional[int], Optional[int]]  # batch size -> training-set size
+
+    @property
+    def primary(self) -> Optional[int]:
+        return self.runs[0].batch_size
+
+
+def gather(paths: Sequence[str]) -> Inputs:
+    runs = [read_folder(p) for p in paths]
+    check_mergeable(runs)
+    groups: Dict[Optional[int], List[Folder]] = {}
+    for r in runs:
+        groups.setdefault(r.batch_size, []).append(r)
+    scores = {bs: merge_scores([(f.path, collect(f.path)) for f in fs]) for bs, fs in groups.items()}
+    found = {bs: [(f, layout.influence_files(f.path)) for f in fs] for bs, fs in groups.items()}
+    primary = runs[0].batch_size
+    source: Dict[str, Folder] = {}
+    for f, inf in found[primary]:
+        for m in inf:
+            source.setdefault(m, f)
+    n_train = {}  # the length of an influence file, else the --n-train setting
+    for bs, pairs in found.items():
+        files = [p for _, inf in pairs for by_seed in inf.values() for p in by_seed.values()]
+        n_train[bs] = len(layout.read_removal_order(files[0])) if files else groups[bs][0].settings.get("n_train")
+    inputs = Inputs(runs, groups, scores, merge_influence([(f.path, inf) for f, inf in found[primary]]), source,
+                    n_train)
+    if not any(scores.values()) and not inputs.influence:
+        raise UserError(f"no score or influence files under {', '.join(paths)}; run a driver first")
+    return inputs
+
+
+def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
+    """summary.csv for every batch size; Figs. 2 and 4 for the first folder's; Fig. 5 across batch sizes."""
+    order = sorted(inp.scores, key=lambda b: (b != inp.primary, b or 0))
+    rows = [row for bs in order for row in summarize(inp.scores[bs], bs)]
+    if not rows:
+        return rows, []
+    write_summary(os.path.join(out, "summary", "summary.csv"), rows)
+    dataset = inp.runs[0].settings.get("dataset", "")
+    prow, base = [r for r in rows if r.batch_size == inp.primary], no_removal(inp.scores[inp.primary])
+    title = f"{dataset} batch size {inp.primary} ({trials_text(prow)})" if inp.primary else os.path.basename(out)
+    plot_result(prow, base, os.path.join(out, "fig", "result.png"), False, title)
+    plot_result(prow, base, os.path.join(out, "fig", "result_errorbars.png"), True, title)
+    written = ["summary/summary.csv", "fig/result.png", "fig/result_errorbars.png"]
+    paired = paired_differences(inp.scores[inp.primary])
+    if paired:
+        write_paired(os.path.join(out, "summary", "paired_vs_random.csv"), paired)
+        written.append("summary/paired_vs_random.csv")
+    sizes = [bs for bs in order if bs is not None and inp.scores[bs]]
+    if len(sizes) > 1:
+        panels = {bs: ([r for r in rows if r.batch_size == bs], no_removal(inp.scores[bs])) for bs in sizes}
+        plot_batch_sizes(panels, os.path.join(out, "fig", "batch_size.png"), dataset)
+        written.append("fig/batch_size.png")
+    return rows, written
+
+
+def removal_sizes(inp: Inputs) -> List[int]:
+    """The removal sizes of the first folder's batch size: scored ones and the run(s)' -r."""
+    sizes = {n for by_n in inp.scores[inp.primary].values() for n in by_n}
+    for f in inp.groups[inp.primary]:
+        sizes |= set(f.settings.get("remove_n_list", []))
+    return sorted(sizes)
+
+
+def agreement_outputs(inp: Inputs, out: str) -> Tuple[List[dict], List[str]]:
+    """agreement.csv and one scatter figure per trial, for the removal sizes of the run(s)."""
+    agree = agreement_rows(inp.influence, removal_sizes(inp))
+    if not agree:
+        return agree, []
+    write_agreement(os.path.join(out, "summary", "agreement.csv"), agree)
+    written = ["summary/agreement.csv"]
+    for seed in sorted({r["seed"] for r in agree}):
+        plot_agreement([r for r in agree if r["seed"] == seed], os.path.join(out, "fig", f"agreement_seed{seed}.png"),
+                       seed)
+        written.append(f"fig/agreement_seed{seed}.png")
+    return agree, written
+
+
+def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Sequence[int] = (),
+            images: bool = True) -> List[Row]:
+    """Write the summary, Table 1, agreement and figures of `folders` under `out` (default: folders[0])."""
+    paths = [folders] if isinstance(folders, str) else list(folders)
+    inp = gather(paths)
+    out = out or paths[0]
+    rows, written = accuracy_outputs(inp, out)
+    if skipped:
+        layout.write_text(os.path.join(out, "summary", "skipped.txt"),
+                      "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
+    agree, files = agreement_outputs(inp, out)
+    written += files
+    write_table1(os.path.join(out, "summary", "table1_cache.csv"), os.path.join(out, "summary", "table1_cache.md"),
+                 table1_rows(inp.groups, inp.n_train))
+    written += ["summary/table1_cache.csv", "summary/table1_cache.md"]
+    if os.path.isdir(os.path.join(paths[0], "noise")):  # --label-noise: how well each order finds flipped labels
+        written += write_noise_detection(out, {m: inp.influence[m] for m in sorted(inp.influence, key=sort_key)},
+                                         paths[0], [n for n in removal_sizes(inp) if n > 0])
+    if images:
+        written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
+    if len(paths) > 1 or os.path.abspath(out) != os.path.abspath(paths[0]):  # a merge: record its inputs
+        layout.write_json(os.path.join(out, "summary", "inputs.json"),
+                      {"folders": [os.path.abspath(p) for p in paths],
+                       "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
+        written.append("summary/inputs.json")
+    report(rows, agree, out, written)
+    return rows
+
+
+def report(rows: Sequence[Row], agree: Sequence[dict], out: str, written: Sequence[str]) -> None:
+    if rows:
+        print("batch  method               n_removed  test_accuracy (mean ± std, trials)")
+        for r in rows:
+            print(f"{'' if r.batch_size is None else r.batch_size:>5}  {r.method:<20} {r.n_removed:>9}  "
+                  f"{r.mean:.4f} ± {r.std:.4f} ({r.n_trials})")
+    if agree:
+        print("agreement (mean over trials): pair, Spearman, Kendall tau-b")
+        for a, b in dict.fromkeys((r["method_a"], r["method_b"]) for r in agree):
+            rs = {r["seed"]: r for r in agree if (r["method_a"], r["method_b"]) == (a, b)}.values()
+            print(f"  {a} vs {b}: {np.mean([r['spearman'] for r in rs]):.3f}, "
+                  f"{np.mean([r['kendall_tau_b'] for r in rs]):.3f}")
+    print(f"wrote {len(written)} files under {out}: " + ", ".join(written[:6]) + (" ..." if len(written) > 6 else ""))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description="Summary, the paper's Table 1 and figures, method agreement and the most harmful/helpful "
+                    "instances, from one or more output folders (merged when their settings match).")
+    p.add_argument("folders", nargs="+", metavar="OUT",
+                   help="output folders of eval_sgd_influence.py / eval_influence_functions.py")
+    p.add_argument("--out", default=None, help="where summary/ and fig/ are written (default: the first OUT)")
+    p.add_argument("--no-images", action="store_true",
+                   help="skip the harmful/helpful image grids (they load the dataset)")
+    p.add_argument("--export-clean", nargs=2, metavar=("METHOD", "N"), default=None,
+                   help="instead: write OUT/export/METHOD_without_N_seedK/train.csv, an NNC dataset CSV of the "
+                        "training split without the N most harmful instances by METHOD, and removed.csv "
+                        "(docs/own_network.md)")
+    p.add_argument("--seed", type=int, default=0, help="the trial --export-clean exports")
+    args = p.parse_args(argv)
+    if args.export_clean:
+        return run_command(lambda: export_clean_main(args))
+    return run_command(lambda: analyze(args.folders, out=args.out, images=not args.no_images) and None,
+                       args.out or args.folders[0])
+
+
+def export_clean_main(args: argparse.Namespace) -> None:
+    """--export-clean: one run folder; prints where the CSVs went."""
+    if len(args.folders) != 1 or args.out:
+        raise UserError("--export-clean takes one output folder and no --out")
+    print(f"wrote {export_clean(args.folders[0], args.export_clean[0], args.export_clean[1], args.seed)}"
+          f"/train.csv and removed.csv")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
