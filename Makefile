@@ -14,9 +14,16 @@ DEMO_SETTINGS := -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 --lr
 # DEMO_EXTRA: more driver options, e.g. DEMO_EXTRA="--bn-coupling off"
 DEMO_EXTRA ?=
 DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 $(PARALLEL) $(DEMO_EXTRA)
-# The fidelity yardstick at the demo's settings (docs/accuracy.md).
+# The fidelity yardstick at the demo's settings (docs/accuracy.md): LDS_TRIALS trainings, 5% and 50%
+# removed, each method's mean LDS and every pair's paired difference over the trainings.
+# Influence functions are opt-in (about 7 min per training): LDS_METHODS="... Influence_functions".
+# LDS_EXTRA=--lds-twin adds the first seed's twin (theta[0] moved by a half-ulp).
 LDS_OUT ?= output_lds
-LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds $(PARALLEL)
+LDS_TRIALS ?= 3
+LDS_METHODS ?= Hara Ours TracIn_last Loss Random
+LDS_EXTRA ?=
+LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --trials $(LDS_TRIALS) --lds-fraction 0.05 0.5 \
+	--methods $(LDS_METHODS) $(PARALLEL) $(LDS_EXTRA)
 
 # The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU,
 # docs/paper.md): 10 trials, batch 32, 20 epochs, the published defaults otherwise

@@ -169,7 +169,7 @@ def test_lds_replays_on_the_cluster_match_one_process(local_cluster, idx_dir, tm
     assert validate_main(["-o", str(tmp_path / "one")] + base) == 0
     with distributed.get_task_stream(client) as ts:
         assert validate_main(["-o", str(tmp_path / "dask"), "--scheduler", c.scheduler_address] + base) == 0
-    assert len(executed(ts)) == 2 + 5 * 2  # baseline replays, then subsets x replays
+    assert len(executed(ts)) == 1 + 2 + 2 + 5 * 2  # training, scores, baseline replays, subsets x replays
     for f in ("lds.csv", "lds.json"):
         a = open(tmp_path / "one" / "validation" / f).read()
         b = open(tmp_path / "dask" / "validation" / f).read()

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, tiny_data
 from sgd_influence.checks import lds
 from sgd_influence.base.errors import UserError
 from sgd_influence.core.params import StepParamsReader
@@ -66,45 +66,121 @@ def test_noise_ceiling_and_block_on_constructed_truths():
     assert block["methods"]["exact"]["lds_ci95"][0] > 0.9
 
 
-def test_lds_end_to_end_on_a_tiny_net(data, tmp_path):
+def tiny_load(seed):
+    """The tiny data of a trial seed (the split differs by seed, as a real dataset's does)."""
+    return tiny_data(seed=seed)
+
+
+def blocks_of(summary, training="seed_0"):
+    return next(t["blocks"] for t in summary["trainings"] if t["training"] == training)
+
+
+def cache_files(out):
+    root = os.path.join(out, "validation", "lds_cache")
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_lds_end_to_end_on_a_tiny_net(tmp_path):
     """Tiny net without batch norm at lr 0.01: the retrace's scores are first-order exact, so their
     sums rank the group removals (LDS near 1); Random does not."""
     out = str(tmp_path / "v")
     args = lds_args(out, "--lds-fraction", "0.1", "0.25", "--lds-subsets", "12", "--noise-replays", "2",
                     "--methods", "Hara", "Ours", "Random")
-    summary = run_lds(args, data, net=TINY, progress=False)
+    summary = run_lds(args, tiny_load, net=TINY, progress=False)
     vdir = os.path.join(out, "validation")
-    for f in ("lds.json", "lds.csv", "lds_Hara.png", "lds_Ours.png", "lds_Random.png"):
+    for f in ("lds.json", "lds.csv", "lds_Hara.png", "lds_Ours.png", "lds_Random.png", "lds_trainings.png"):
         assert os.path.exists(os.path.join(vdir, f)), f
     with open(os.path.join(vdir, "lds.json")) as f:
         saved = json.load(f)
-    assert saved["fraction"] == 0.1 and saved["subsets"] == 12 and saved["replays"] == 2
-    assert [b["fraction"] for b in saved["blocks"]] == [0.1, 0.25]
-    assert set(saved["methods"]) == {"Hara", "Ours", "Random"}
-    for b in saved["blocks"]:
+    blocks = blocks_of(saved)
+    assert [b["fraction"] for b in blocks] == [0.1, 0.25] and blocks[0]["subsets"] == 12
+    assert blocks[0]["replays"] == 2 and set(blocks[0]["methods"]) == {"Hara", "Ours", "Random"}
+    for b in blocks:
         assert b["methods"]["Hara"]["lds"] > 0.9, b
         assert abs(b["methods"]["Random"]["lds"]) < 0.6, b
-    assert summary["noise_ceiling"] == saved["noise_ceiling"]
+    assert blocks_of(summary) == blocks and saved["twin"] is None
+    one = saved["across_trainings"][0]
+    assert one["methods"]["Hara"]["mean"] == blocks[0]["methods"]["Hara"]["lds"]
+    assert one["methods"]["Hara"]["ci95"] == [None, None]  # one training: no interval
+    with open(os.path.join(vdir, "lds.csv")) as f:
+        assert f.readline().startswith("training,seed,fraction,subset")
 
     # Resume: nothing recomputed; more subsets compute only the new ones.
-    cache = lds.cache_dir(out)
-    mtimes = {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}
+    mtimes = cache_files(out)
     again = run_lds(lds_args(out, "--lds-fraction", "0.1", "0.25", "--lds-subsets", "12",
-                             "--methods", "Hara", "Ours", "Random"), data, net=TINY, progress=False)
-    assert {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)} == mtimes
-    assert again["blocks"] == summary["blocks"] and "train" not in again["seconds_this_run"]
+                             "--methods", "Hara", "Ours", "Random"), tiny_load, net=TINY, progress=False)
+    assert cache_files(out) == mtimes
+    assert blocks_of(again) == blocks and "train" not in again["seconds_this_run"]
+    cache = lds.cache_dir(out, lds.Training(0))
     before = lds.read_truths(lds.truths_path(cache, 0.1))
-    run_lds(lds_args(out, "--lds-fraction", "0.1", "--lds-subsets", "14", "--methods", "Random"), data,
+    run_lds(lds_args(out, "--lds-fraction", "0.1", "--lds-subsets", "14", "--methods", "Random"), tiny_load,
             net=TINY, progress=False)
     after = lds.read_truths(lds.truths_path(cache, 0.1))
     assert len(after) == 28 and all(after[k] == v for k, v in before.items())
     # The truths' settings are fixed once made.
     with pytest.raises(UserError, match="n_val"):
-        run_lds(lds_args(out, "--n-val", "20"), data, net=TINY, progress=False)
+        run_lds(lds_args(out, "--n-val", "20"), tiny_load, net=TINY, progress=False)
+
+
+def test_lds_over_trainings_grows_without_recomputing(tmp_path):
+    """--trials 2 then 3 (+ the twin): the third training alone is computed; per-training values
+    equal a one-training run of that seed; the across-trainings mean, interval and paired
+    differences are those of the per-training values."""
+    out = str(tmp_path / "v")
+    opts = ["--lds-fraction", "0.25", "--lds-subsets", "8", "--methods", "Hara", "Ours", "Random"]
+    two = run_lds(lds_args(out, "--trials", "2", *opts), tiny_load, net=TINY, progress=False)
+    assert [t["training"] for t in two["trainings"]] == ["seed_0", "seed_1"]
+    mtimes = cache_files(out)
+    train1 = os.path.getmtime(os.path.join(out, "train", "seed_1", "step_record.npz"))
+    three = run_lds(lds_args(out, "--trials", "3", "--lds-twin", *opts), tiny_load, net=TINY, progress=False)
+    assert all(cache_files(out)[f] == t for f, t in mtimes.items())  # nothing of seeds 0, 1 rewritten
+    assert os.path.getmtime(os.path.join(out, "train", "seed_1", "step_record.npz")) == train1
+    new = {os.path.relpath(f, os.path.join(out, "validation", "lds_cache")).split(os.sep)[0]
+           for f in set(cache_files(out)) - set(mtimes)}
+    assert new == {"seed_2", "seed_0_theta0_ulp"}
+    assert [t["training"] for t in three["trainings"]] == ["seed_0", "seed_1", "seed_2", "seed_0_theta0_ulp"]
+    for name in ("seed_0", "seed_1"):
+        assert blocks_of(three, name) == blocks_of(two, name)
+
+    # The same seed alone, in another folder: the same values (a training's LDS is its own).
+    alone = run_lds(lds_args(str(tmp_path / "alone"), "--seed", "2", *opts), tiny_load, net=TINY, progress=False)
+    assert blocks_of(alone, "seed_2") == blocks_of(three, "seed_2")
+
+    row = three["across_trainings"][0]
+    values = {m: [blocks_of(three, f"seed_{s}")[0]["methods"][m]["lds"] for s in range(3)]
+              for m in ("Hara", "Ours", "Random")}
+    for m, v in values.items():
+        st = row["methods"][m]
+        assert st["values"] == v and st["mean"] == pytest.approx(np.mean(v))
+        half = 4.303 * np.std(v, ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+        assert st["ci95"] == pytest.approx([np.mean(v) - half, np.mean(v) + half])
+    pair = next(p for p in row["pairs"] if (p["a"], p["b"]) == ("Hara", "Random"))
+    d = np.subtract(values["Hara"], values["Random"])
+    assert pair["difference"]["values"] == pytest.approx(list(d))
+    lo, hi = pair["difference"]["ci95"]
+    assert pair["excludes_zero"] == (lo > 0 or hi < 0)
+    assert {(p["a"], p["b"]) for p in row["pairs"]} == {("Hara", "Ours"), ("Hara", "Random"), ("Ours", "Random")}
+
+    # The twin: same seed and subsets, theta[0] moved by a half-ulp -- a different training.
+    twin = three["twin"][0]["methods"]["Hara"]
+    assert twin["lds"] == values["Hara"][0] and twin["sd_over_seeds"] == pytest.approx(np.std(values["Hara"], ddof=1))
+    from sgd_influence.core.params import load_checkpoint
+    from sgd_influence.core.graphs import trainable_params
+    from sgd_influence.core.train import init_model
+    from sgd_influence.base.layout import checkpoint_path
+    init_model(tiny_load(0), 0, 8, TINY)
+    starts = []
+    for d in ("seed_0", "seed_0_theta0_ulp"):
+        load_checkpoint(checkpoint_path(os.path.join(out, "train", d), 0))
+        starts.append({k: v.d.copy() for k, v in trainable_params().items()})
+    moved = [k for k in starts[0] if not np.array_equal(starts[0][k], starts[1][k])]
+    assert moved and all(np.all(np.abs(starts[0][k] - starts[1][k])
+                                <= np.abs(np.spacing(starts[0][k])) * 1.0000001) for k in moved)
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--lds-subsets", "10"], "only apply with --lds"),
+    (["--trials", "3"], "only apply with --lds"),
     (["--lds", "--noise-replays", "1"], "at least 2"),
     (["--lds", "--lds-subsets", "3"], "at least 5"),
 ])

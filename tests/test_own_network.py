@@ -266,7 +266,8 @@ def test_validate_lds_with_a_python_network_in_workers(idx_dir, tmp_path):
     r = driver(args, tmp_path, "validate_influence.py")
     assert r.returncode == 0, r.stderr[-3000:]
     lds = json.loads((tmp_path / "out" / "validation" / "lds.json").read_text())
-    assert set(lds["methods"]) == {"Ours", "Random"} and lds["subsets"] == 5
+    block = lds["trainings"][0]["blocks"][0]
+    assert set(block["methods"]) == {"Ours", "Random"} and block["subsets"] == 5
     assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["net"] == "mynets:net"
     r = driver([a if a != "mynets:net" else "cnn" for a in args], tmp_path, "validate_influence.py")
     assert r.returncode == 2 and "net 'mynets:net' -> 'cnn'" in r.stderr and len(error_lines(r)) == 1

@@ -31,7 +31,6 @@ from the first (a warning names any that differ).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from ..base.figures import plot_agreement, plot_batch_sizes, plot_result, trials
 from .grids import write_grids
 from ..base.layout import Folder, read_folder
 from ..base.methods import CONTROL, is_control, sort_key
-from ..base.metrics import kendall_tau_b, spearman
+from ..base.metrics import kendall_tau_b, spearman, t_interval
 from ..config.noise import write_noise_detection
 from ..config.settings import RESULT_SETTINGS, differences
 from .table1 import table1_rows, write_table1
@@ -159,12 +158,6 @@ def write_summary(path: str, rows: Sequence[Row]) -> None:
     layout.write_text(path, "\n".join(lines) + "\n")
 
 
-# Two-sided 97.5% quantiles of Student's t by degrees of freedom (a 95% interval), 1..30; normal beyond.
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-
-
 def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
     """Per method and n > 0: the test accuracy minus the control's of the same trial, its mean,
     sample standard deviation and 95% t-interval over trials (none with one trial); `distinguishable`
@@ -182,10 +175,8 @@ def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
                    "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None,
                    "ci95_high": None, "distinguishable": None}
             if len(d) > 1:
-                sd = float(d.std(ddof=1))
-                half = (T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96) * sd / math.sqrt(len(d))
-                row.update(difference_std=sd, ci95_low=float(d.mean() - half), ci95_high=float(d.mean() + half),
-                           distinguishable=bool(d.mean() - half > 0 or d.mean() + half < 0))
+                _, sd, lo, hi = t_interval(d)
+                row.update(difference_std=sd, ci95_low=lo, ci95_high=hi, distinguishable=bool(lo > 0 or hi < 0))
             rows.append(row)
     return rows
 

@@ -114,8 +114,9 @@ def read_settings(out: str) -> dict:
     return info.get("settings", {})
 
 
-def train_dir(out: str, seed: int) -> str:
-    return os.path.join(out, "train", f"seed_{seed}")
+def train_dir(out: str, seed: int, twin: bool = False) -> str:
+    """A trial's training; `twin`: the LDS's twin of it, theta[0] moved by a seeded half-ulp."""
+    return os.path.join(out, "train", f"seed_{seed}" + ("_theta0_ulp" if twin else ""))
 
 
 def influence_path(out: str, method: str, seed: int) -> str:

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import csv
 import os
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -50,11 +51,36 @@ from ..base import figures, layout
 from ..core import network
 from ..pipeline.runner import run_units
 from ..core.graphs import GraphCache, evaluate, trainable_params
-from ..base.metrics import pearson, spearman
+from ..base.metrics import pearson, spearman, t_interval
 from ..core.params import StepParamsReader, StepParamsWriter, load_checkpoint
 from ..base.layout import checkpoint_path, step_record_path
 from ..core.step_record import StepRecord
-from ..core.train import SGD, init_model
+from ..core.train import SGD, init_model, perturb_half_ulp
+
+# --------------------------------------------------------------- trainings
+@dataclass(frozen=True)
+class Training:
+    """One training the LDS is measured on: a trial seed (split, initialisation, batches,
+    augmentation), or its twin -- the same seed with theta[0] moved by a seeded half-ulp, so the
+    two differ by rounding alone."""
+    seed: int
+    twin: bool = False
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(layout.train_dir("", self.seed, self.twin))
+
+    @property
+    def init_key(self) -> Optional[tuple]:
+        """The perturb_half_ulp key of theta[0] (None: the seed's own initialisation)."""
+        return (self.seed, 11, 1) if self.twin else None
+
+
+def trainings_of(first_seed: int, trials: int, twin: bool) -> List[Training]:
+    """Seeds first_seed..first_seed+trials-1, then (twin) the first seed's twin."""
+    out = [Training(first_seed + k) for k in range(trials)]
+    return out + [Training(first_seed, True)] if twin else out
+
 
 # ----------------------------------------------------------------- subsets
 def subset_size(n: int, fraction: float) -> int:
@@ -87,14 +113,8 @@ def baseline_path(cache: str, r: int) -> str:
 def perturb(seed: int, r: int) -> None:
     """Move each trainable parameter, with probability 1/2, one float32 ulp up or down
     (seeded by (seed, r)): half an ulp on average. r = 0: no change."""
-    if r == 0:
-        return
-    rng = np.random.default_rng([seed, 9, r])
-    for v in trainable_params().values():
-        d = np.asarray(v.d, np.float32)
-        move = rng.random(d.shape) < 0.5
-        toward = np.where(rng.random(d.shape) < 0.5, np.float32(-np.inf), np.float32(np.inf))
-        v.d = np.where(move, np.nextafter(d, toward), d)
+    if r != 0:
+        perturb_half_ulp((seed, 9, r))
 
 
 class PairedReplays:
@@ -172,53 +192,66 @@ def write_truths(path: str, truths: Dict[tuple, float]) -> None:
 
 # ------------------------------------------------------------ the units
 _REPLAYS: Dict[tuple, PairedReplays] = {}
+Loader = Callable[[int], Data]  # the data of a trial seed
 
 
-def _replays(args, data: Optional[Data], net: Optional[Callable]) -> PairedReplays:
-    """One PairedReplays per process (worker processes load the data and the network themselves)."""
-    key = (args.output_dir, args.seed)
+def load_data(args, seed: int) -> Data:
+    """The data of trial `seed` as the command loads it (a worker process builds its own)."""
+    from datasets import load_dataset
+    return load_dataset(args.dataset, seed, args.data_dir, args.n_train, args.n_val, 1)
+
+
+def _replays(args, seed: int, twin: bool, load: Optional[Loader], net: Optional[Callable]) -> PairedReplays:
+    """One PairedReplays per process, for the training last asked for (units come training-major)."""
+    t = Training(seed, twin)
+    key = (args.output_dir, t)
     if key not in _REPLAYS:
-        if data is None:
-            from datasets import load_dataset
-            data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
+        data = load(seed) if load is not None else load_data(args, seed)
         _REPLAYS.clear()
-        _REPLAYS[key] = PairedReplays(data, layout.train_dir(args.output_dir, args.seed), cache_dir(args.output_dir),
-                                      args.batch_size, args.seed, net or network.from_args(args))
+        _REPLAYS[key] = PairedReplays(data, layout.train_dir(args.output_dir, seed, twin),
+                                      cache_dir(args.output_dir, t), args.batch_size, seed,
+                                      net or network.from_args(args))
     return _REPLAYS[key]
 
 
-def baseline_unit(args, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
+def baseline_unit(args, seed: int, twin: bool, r: int, load: Optional[Loader] = None, net: Optional[Callable] = None,
                   progress: bool = False) -> float:
-    return _replays(args, data, net).baseline(r)
+    return _replays(args, seed, twin, load, net).baseline(r)
 
 
-def truth_unit(args, fraction: float, s: int, r: int, data: Optional[Data] = None, net: Optional[Callable] = None,
-               progress: bool = False) -> float:
-    rep = _replays(args, data, net)
-    return rep.truth(subset(len(rep.data.train), fraction, s, args.seed), r)
+def truth_unit(args, seed: int, twin: bool, fraction: float, s: int, r: int, load: Optional[Loader] = None,
+               net: Optional[Callable] = None, progress: bool = False) -> float:
+    rep = _replays(args, seed, twin, load, net)
+    return rep.truth(subset(len(rep.data.train), fraction, s, seed), r)
 
 
-def cache_dir(out: str) -> str:
-    return os.path.join(out, "validation", "lds_cache")
+def cache_dir(out: str, training: Training) -> str:
+    """A training's LDS cache: its scores, baseline replays and truths."""
+    return os.path.join(out, "validation", "lds_cache", training.name)
 
 
-def compute_truths(args, data: Data, net: Callable, fractions: List[float], m: int, k: int,
-                   progress: bool = True) -> Dict[float, np.ndarray]:
-    """{fraction: (M, K) array of truths}, computing only what the cache lacks."""
-    cache = cache_dir(args.output_dir)
-    base_units = [(baseline_unit, r) for r in range(k) if not os.path.exists(baseline_path(cache, r))]
-    run_units(base_units, args, "LDS baseline replays", progress=progress, data=data, net=net)
-    done = {p: read_truths(truths_path(cache, p)) for p in fractions}
-    # Subset-major: an interrupted run leaves about as many subsets done at every fraction.
-    units = [(truth_unit, p, s, r) for s in range(m) for p in fractions for r in range(k) if (s, r) not in done[p]]
+def compute_truths(args, trainings: Sequence[Training], load: Optional[Loader], net: Callable,
+                   fractions: List[float], m: int, k: int,
+                   progress: bool = True) -> Dict[Training, Dict[float, np.ndarray]]:
+    """{training: {fraction: (M, K) array of truths}}, computing only what the caches lack; the
+    units of all trainings run together (training-major, so a worker keeps one training loaded)."""
+    base_units = [(baseline_unit, t.seed, t.twin, r) for t in trainings for r in range(k)
+                  if not os.path.exists(baseline_path(cache_dir(args.output_dir, t), r))]
+    run_units(base_units, args, "LDS baseline replays", progress=progress, load=load, net=net)
+    done = {(t, p): read_truths(truths_path(cache_dir(args.output_dir, t), p)) for t in trainings for p in fractions}
+    # Subset-major within a training: an interrupted run leaves about as many subsets done at every fraction.
+    units = [(truth_unit, t.seed, t.twin, p, s, r) for t in trainings for s in range(m) for p in fractions
+             for r in range(k) if (s, r) not in done[(t, p)]]
 
     def keep(unit, value):
-        _, p, s, r = unit
-        done[p][(s, r)] = value
-        write_truths(truths_path(cache, p), done[p])
+        _, seed, twin, p, s, r = unit
+        t = Training(seed, twin)
+        done[(t, p)][(s, r)] = value
+        write_truths(truths_path(cache_dir(args.output_dir, t), p), done[(t, p)])
 
-    run_units(units, args, "LDS counterfactual replays", keep, progress, data=data, net=net)
-    return {p: np.array([[done[p][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
+    run_units(units, args, "LDS counterfactual replays", keep, progress, load=load, net=net)
+    return {t: {p: np.array([[done[(t, p)][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
+            for t in trainings}
 
 
 # -------------------------------------------------------------- metrics
@@ -264,21 +297,105 @@ def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float,
     return block
 
 
-def plot_lds(path: str, method: str, blocks: List[dict], truths: Dict[float, np.ndarray],
-             preds: Dict[float, np.ndarray]) -> None:
-    """Prediction vs truth per fraction for one method."""
+def stats(values: Sequence[float]) -> dict:
+    """Mean, sample sd and 95% t-interval over trainings, with the values themselves."""
+    mean, sd, lo, hi = t_interval(values)
+    return {"mean": mean, "std": sd, "ci95": [lo, hi], "values": [float(v) for v in values]}
+
+
+def across_trainings(blocks: Dict[str, List[dict]], methods: Sequence[str]) -> List[dict]:
+    """Per fraction, over the trainings in `blocks` ({training name: its blocks, one per fraction}):
+    each method's LDS and the noise ceiling (mean, sd, 95% t-interval), and for every pair of
+    methods the per-training difference of their LDS on the same truths (its mean and interval;
+    `excludes_zero` when the interval lies on one side of 0). A training where a method has no
+    scores is left out of that method's figures."""
+    names = list(blocks)
+    out = []
+    for i, p in enumerate(b["fraction"] for b in blocks[names[0]]):
+        per = [blocks[n][i] for n in names]
+        row = {"fraction": p, "trainings": names, "subset_size": per[0]["subset_size"],
+               "subsets": per[0]["subsets"], "replays": per[0]["replays"],
+               "noise_ceiling": stats([b["noise_ceiling"] for b in per]), "methods": {}, "pairs": []}
+        lds = {m: [b["methods"][m]["lds"] for b in per] for m in methods}
+        for m in methods:
+            ok = [v for v in lds[m] if v is not None]
+            row["methods"][m] = stats(ok) if ok else None
+        for ai, a in enumerate(methods):
+            for b in methods[ai + 1:]:
+                d = [x - y for x, y in zip(lds[a], lds[b]) if x is not None and y is not None]
+                if not d:
+                    continue
+                st = stats(d)
+                lo, hi = st["ci95"]
+                row["pairs"].append({"a": a, "b": b, "difference": st,
+                                     "excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)})
+        out.append(row)
+    return out
+
+
+def twin_comparison(blocks: List[dict], twin_blocks: List[dict], across: List[dict]) -> List[dict]:
+    """Per fraction: each method's LDS on a training and on its twin (theta[0] moved by a half-ulp,
+    same seed, same subsets), their difference, and the sd of that method's LDS over seeds."""
+    out = []
+    for b, tb, ac in zip(blocks, twin_blocks, across):
+        row = {"fraction": b["fraction"], "noise_ceiling": [b["noise_ceiling"], tb["noise_ceiling"]], "methods": {}}
+        for m, r in b["methods"].items():
+            v, w = r["lds"], tb["methods"][m]["lds"]
+            seeds = ac["methods"].get(m)
+            row["methods"][m] = {"lds": v, "lds_twin": w, "difference": None if v is None or w is None else w - v,
+                                 "sd_over_seeds": seeds["std"] if seeds else None}
+        out.append(row)
+    return out
+
+
+def plot_lds(path: str, method: str, blocks: Dict[str, List[dict]], truths: Dict[str, Dict[float, np.ndarray]],
+             preds: Dict[str, Dict[float, np.ndarray]]) -> None:
+    """Prediction vs truth per fraction for one method, one colour per training."""
     plt = figures.pyplot()
-    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 4), squeeze=False)
-    for ax, b in zip(axes[0], blocks):
-        p = b["fraction"]
-        t, g = truths[p].mean(axis=1), preds[p]
-        ax.scatter(t, g, s=14, alpha=0.8)
-        s = b["methods"][method]
-        lds = "n/a" if s["lds"] is None else f"{s['lds']:.2f} [{s['lds_ci95'][0]:.2f}, {s['lds_ci95'][1]:.2f}]"
-        ax.set(xlabel=f"actual change of val loss ({b['replays']} replays)", ylabel=f"sum of {method} scores",
-               title=f"{p:g} removed: LDS {lds}\nceiling {b['noise_ceiling']:.2f}")
+    names = list(blocks)
+    first = blocks[names[0]]
+    fig, axes = plt.subplots(1, len(first), figsize=(4.2 * len(first), 4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        p = first[i]["fraction"]
+        labels = []
+        for n in names:
+            r = blocks[n][i]["methods"][method]
+            lds = "n/a" if r["lds"] is None else f"{r['lds']:.2f}"
+            ax.scatter(truths[n][p].mean(axis=1), preds[n][p], s=12, alpha=0.7, label=f"{n}: LDS {lds}")
+            labels.append(lds)
+        ceil = ", ".join(f"{blocks[n][i]['noise_ceiling']:.2f}" for n in names)
+        ax.set(xlabel=f"actual change of val loss ({first[i]['replays']} replays)", ylabel=f"sum of {method} scores",
+               title=f"{p:g} removed; ceiling {ceil}")
         ax.axhline(0, c="0.7", lw=0.5)
         ax.axvline(0, c="0.7", lw=0.5)
-    fig.suptitle(f"{method}: group removals, {blocks[0]['subsets']} subsets per fraction")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{method}: group removals, {first[0]['subsets']} subsets per fraction, {len(names)} training(s)")
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
+def plot_trainings(path: str, across: List[dict], twin: Optional[List[dict]] = None) -> None:
+    """Each method's LDS per training (dots; the twin as a cross), their mean with its 95%
+    t-interval, and the mean noise ceiling (dashed), one panel per fraction."""
+    plt = figures.pyplot()
+    fig, axes = plt.subplots(1, len(across), figsize=(1.2 + 1.1 * len(across[0]["methods"]) * len(across), 4),
+                             squeeze=False)
+    for i, (ax, row) in enumerate(zip(axes[0], across)):
+        methods = [m for m, st in row["methods"].items() if st]
+        for x, m in enumerate(methods):
+            st = row["methods"][m]
+            c = figures.color(m)
+            ax.scatter([x] * len(st["values"]), st["values"], s=16, color=c, alpha=0.6)
+            lo, hi = st["ci95"]
+            err = None if lo is None else [[st["mean"] - lo], [hi - st["mean"]]]
+            ax.errorbar([x + 0.2], [st["mean"]], yerr=err, fmt="o", color=c, capsize=4)
+            if twin and twin[i]["methods"].get(m, {}).get("lds_twin") is not None:
+                ax.scatter([x], [twin[i]["methods"][m]["lds_twin"]], marker="x", s=40, color=c)
+        ax.axhline(row["noise_ceiling"]["mean"], ls="--", c="0.4", lw=1)
+        ax.axhline(0, c="0.7", lw=0.5)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right")
+        ax.set(ylabel="LDS", title=f"{row['fraction']:g} removed: {len(row['trainings'])} trainings\n"
+                                   f"(dots: each; bar: mean, 95% t; dashed: ceiling{'; x: twin' if twin else ''})")
     fig.tight_layout()
     figures.save(fig, path)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from io import StringIO
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +46,7 @@ from ..core.controls import negated_training_loss, random_key
 from ..base.errors import UserError, run_command
 from ..core.graphs import GraphCache, evaluate, flat, flat_trainable
 from ..core.infl import load_final_model, retrace, val_gradient
+from ..pipeline.runner import run_units
 from ..base.methods import DRIVER_METHODS, METHODS
 from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from ..base.layout import step_params_path, step_record_path
@@ -296,8 +297,9 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in VALIDATION_SETTINGS}
 
 
-def prepare_output(args) -> None:
-    """Reuse a training in -o only under the same settings; the same for the validation caches."""
+def prepare_output(args, trainings: Sequence[lds.Training] = ()) -> None:
+    """Reuse a training in -o only under the same settings; the same for the validation caches
+    (with --lds, each training's LDS cache)."""
     out = args.output_dir
     try:
         os.makedirs(out, exist_ok=True)
@@ -315,24 +317,28 @@ def prepare_output(args) -> None:
         layout.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
                                  "settings": settings_of(args), "code_version": code_version()})
     if args.lds:
-        if args.overwrite:
-            shutil.rmtree(lds.cache_dir(out), ignore_errors=True)
-        check_settings(lds.cache_dir(out), {k: getattr(args, k) for k in LDS_SETTINGS}, vdir, "an LDS",
-                          "redo it")
+        for t in trainings:
+            folder = lds.cache_dir(out, t)
+            if args.overwrite:
+                shutil.rmtree(folder, ignore_errors=True)
+            check_settings(folder, {**{k: getattr(args, k) for k in LDS_SETTINGS}, "seed": t.seed}, vdir,
+                           "an LDS", "redo it")
         return
     if args.overwrite:
         shutil.rmtree(cache_dir(out), ignore_errors=True)
     check_settings(cache_dir(out), settings_of(args), vdir, "a validation", "redo it")
 
 
-def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict) -> str:
-    """The run folder of the trial, trained (with Hara's per-step store) unless it exists."""
-    run_dir = layout.train_dir(args.output_dir, args.seed)
+def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: dict,
+                    training: lds.Training | None = None) -> str:
+    """The run folder of the trial (or of `training`), trained (with Hara's per-step store) unless it exists."""
+    t = training or lds.Training(args.seed)
+    run_dir = layout.train_dir(args.output_dir, t.seed, t.twin)
     if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
         t0 = time.time()
-        train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
-              progress=progress, net=net, augment=not args.no_augment)
-        seconds["train"] = time.time() - t0
+        train(data, run_dir, t.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
+              progress=progress, net=net, augment=not args.no_augment, perturb_init=t.init_key)
+        seconds["train"] = seconds.get("train", 0.0) + time.time() - t0
     return run_dir
 
 
@@ -350,7 +356,7 @@ def all_estimates(methods: List[str], data: Data, run_dir: str, args, net: Calla
             print(f"warning: {name}: {e}", file=sys.stderr)
             errors[name] = str(e)
             scores[name] = np.full(len(data.train), np.nan)
-        seconds[name] = time.time() - t
+        seconds[name] = seconds.get(name, 0.0) + time.time() - t
     return scores, errors
 
 
@@ -387,52 +393,132 @@ def run_validation(args, data: Data, net: Callable = cnn, progress: bool = True)
     return summary
 
 
-def run_lds(args, data: Data, net: Callable = cnn, progress: bool = True) -> dict:
-    """Train (or reuse), score every method, replay the subsets' removals; write lds.json,
-    lds.csv and lds_<Method>.png; returns the summary (module lds)."""
-    prepare_output(args)
-    seconds = {}
-    run_dir = ensure_training(args, data, net, progress, seconds)
-    folder = lds.cache_dir(args.output_dir)
-    scores, errors = all_estimates(list(args.methods), data, run_dir, args, net, progress, seconds, folder)
-    t = time.time()
-    fractions, m, k, n = args.lds_fraction, args.lds_subsets, args.noise_replays, len(data.train)
-    truths = lds.compute_truths(args, data, net, fractions, m, k, progress)
-    seconds["replays"] = time.time() - t
-    blocks, preds = [], {}
-    rows = ["fraction,subset,subset_size,truth_mean," + ",".join(f"truth_replay_{r}" for r in range(k)) + ","
-            + ",".join(f"sum_{name}" for name in args.methods)]
-    for p in fractions:
-        subsets = [lds.subset(n, p, s, args.seed) for s in range(m)]
-        preds[p] = {name: lds.predictions(scores[name], subsets) for name in args.methods}
-        blocks.append(lds.lds_block(truths[p], preds[p], p, n, args.seed))
-        for s in range(m):
-            rows.append(",".join([f"{p:g}", str(s), str(len(subsets[s])), repr(float(truths[p][s].mean()))]
-                                 + [repr(float(v)) for v in truths[p][s]]
-                                 + [repr(float(preds[p][name][s])) for name in args.methods]))
+# ------------------------------------------------------------------ LDS units
+def lds_training_unit(args, seed: int, twin: bool, load: lds.Loader | None = None, net: Callable | None = None,
+                      progress: bool = False) -> dict:
+    """Train one of the LDS's trainings unless it exists; {"train": seconds} of this unit."""
+    data = load(seed) if load is not None else lds.load_data(args, seed)
+    seconds: dict = {}
+    ensure_training(args, data, net or network.checked(args, data.image_shape, data.n_classes), progress, seconds,
+                    lds.Training(seed, twin))
+    return seconds
+
+
+def lds_score_unit(args, seed: int, twin: bool, method: str, load: lds.Loader | None = None,
+                   net: Callable | None = None, progress: bool = False) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """One method's scores on one training, cached in that training's LDS cache; (seconds, errors)."""
+    data = load(seed) if load is not None else lds.load_data(args, seed)
+    t = lds.Training(seed, twin)
+    targs = argparse.Namespace(**{**vars(args), "seed": seed})  # a seeded method (Random) draws with the trial
+    seconds: dict = {}
+    _, errors = all_estimates([method], data, layout.train_dir(args.output_dir, seed, twin), targs,
+                              net or network.checked(args, data.image_shape, data.n_classes), progress, seconds,
+                              lds.cache_dir(args.output_dir, t))
+    return seconds, errors
+
+
+def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) -> dict:
+    """The LDS over `--trials` trainings (seeds seed..seed+trials-1, and with --lds-twin the first
+    seed's twin): train each (or reuse), score every method on each, replay the subsets' removals
+    of each; write lds.json, lds.csv, lds_<Method>.png and lds_trainings.png; returns the summary.
+    `load(seed)` gives the data of a trial (in-process units; workers load it from args)."""
+    trainings = lds.trainings_of(args.seed, args.trials, args.lds_twin)
+    prepare_output(args, trainings)
+    seconds: Dict[str, float] = {}
+    errors: Dict[str, Dict[str, str]] = {t.name: {} for t in trainings}
+
+    def add_seconds(unit, value):
+        got = value[0] if isinstance(value, tuple) else value
+        for key, v in got.items():
+            seconds[key] = seconds.get(key, 0.0) + v
+        if isinstance(value, tuple):
+            errors[lds.Training(unit[1], unit[2]).name].update(value[1])
+
+    t0 = time.time()
+    run_units([(lds_training_unit, t.seed, t.twin) for t in trainings
+               if not os.path.exists(step_record_path(layout.train_dir(args.output_dir, t.seed, t.twin)))],
+              args, "LDS trainings", add_seconds, progress, load=load, net=net)
+    run_units([(lds_score_unit, t.seed, t.twin, m) for t in trainings for m in args.methods], args,
+              "LDS scores", add_seconds, progress, load=load, net=net)
+    seconds["trainings_and_scores_wall"] = time.time() - t0
+    t0 = time.time()
+    fractions, m, k = args.lds_fraction, args.lds_subsets, args.noise_replays
+    truths = lds.compute_truths(args, trainings, load, net, fractions, m, k, progress)
+    seconds["replays_wall"] = time.time() - t0
+
+    blocks, preds, rows = {}, {}, []
+    rows.append("training,seed,fraction,subset,subset_size,truth_mean,"
+                + ",".join(f"truth_replay_{r}" for r in range(k)) + "," + ",".join(f"sum_{n}" for n in args.methods))
+    for t in trainings:
+        folder = lds.cache_dir(args.output_dir, t)
+        files = {name: os.path.join(folder, f"estimate_{name}.npy") for name in args.methods}
+        scores = {name: np.load(f, allow_pickle=False) for name, f in files.items() if os.path.exists(f)}
+        n = len(next(iter(scores.values()))) if scores else 0
+        for name in args.methods:  # a diverged influence-functions solve saved nothing: no scores
+            scores.setdefault(name, np.full(n, np.nan))
+        blocks[t.name], preds[t.name] = [], {}
+        for p in fractions:
+            subsets = [lds.subset(n, p, s, t.seed) for s in range(m)]
+            g = {name: lds.predictions(scores[name], subsets) for name in args.methods}
+            preds[t.name][p] = g
+            blocks[t.name].append(lds.lds_block(truths[t][p], g, p, n, t.seed))
+            for s in range(m):
+                rows.append(",".join([t.name, str(t.seed), f"{p:g}", str(s), str(len(subsets[s])),
+                                      repr(float(truths[t][p][s].mean()))]
+                                     + [repr(float(v)) for v in truths[t][p][s]]
+                                     + [repr(float(g[name][s])) for name in args.methods]))
+    seeds = [t for t in trainings if not t.twin]
+    across = lds.across_trainings({t.name: blocks[t.name] for t in seeds}, list(args.methods))
+    twin = [t for t in trainings if t.twin]
+    twin_rows = lds.twin_comparison(blocks[seeds[0].name], blocks[twin[0].name], across) if twin else None
     vdir = validation_dir(args.output_dir)
-    summary = {**blocks[0], "blocks": blocks, "errors": errors,
+    summary = {"trainings": [{"training": t.name, "seed": t.seed, "theta0_perturbed": t.twin,
+                              "blocks": blocks[t.name], "errors": errors[t.name]} for t in trainings],
+               "across_trainings": across, "twin": twin_rows,
                "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
-                            "methods": list(args.methods)},
+                            "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods)},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
     layout.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
     layout.write_json(os.path.join(vdir, "lds.json"), summary)
     for name in args.methods:
         lds.plot_lds(os.path.join(vdir, f"lds_{name}.png"), name, blocks,
-                     truths, {p: preds[p][name] for p in fractions})
+                     {t.name: truths[t] for t in trainings},
+                     {t.name: {p: preds[t.name][p][name] for p in fractions} for t in trainings})
+    lds.plot_trainings(os.path.join(vdir, "lds_trainings.png"), across, twin_rows)
     return summary
 
 
+def fmt_interval(st: dict) -> str:
+    lo, hi = st["ci95"]
+    return f"{st['mean']:6.3f}" + ("" if lo is None else f" [{lo:6.3f}, {hi:6.3f}]")
+
+
 def print_lds(summary: dict) -> None:
-    for b in summary["blocks"]:
-        lo, hi = b["noise_ceiling_ci95"]
-        print(f"{b['fraction']:g} of the training set removed ({b['subset_size']} instances), {b['subsets']} subsets, "
-              f"{b['replays']} paired replays: noise ceiling {b['noise_ceiling']:.3f} [{lo:.3f}, {hi:.3f}]")
-        for name, r in b["methods"].items():
-            if r["lds"] is None:
-                print(f"  {name:<20} (no scores)")
-            else:
-                print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]")
+    for t in summary["trainings"]:
+        for b in t["blocks"]:
+            lo, hi = b["noise_ceiling_ci95"]
+            print(f"{t['training']}: {b['fraction']:g} removed ({b['subset_size']} instances), {b['subsets']} subsets, "
+                  f"{b['replays']} paired replays: noise ceiling {b['noise_ceiling']:.3f} [{lo:.3f}, {hi:.3f}]")
+            for name, r in b["methods"].items():
+                if r["lds"] is None:
+                    print(f"  {name:<20} (no scores)")
+                else:
+                    print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]")
+    for row in summary["across_trainings"]:
+        k = len(row["trainings"])
+        print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "
+              f"noise ceiling {fmt_interval(row['noise_ceiling'])}")
+        for name, st in row["methods"].items():
+            print(f"  {name:<20} LDS {fmt_interval(st) if st else '(no scores)'}")
+        for pr in row["pairs"]:
+            mark = "" if pr["excludes_zero"] is None else ("  interval excludes 0" if pr["excludes_zero"] else "")
+            print(f"  {pr['a'] + ' - ' + pr['b']:<26} {fmt_interval(pr['difference'])}{mark}")
+    for row in summary["twin"] or []:
+        print(f"twin (theta[0] + half-ulp, same seed), {row['fraction']:g} removed: LDS seed / twin (sd over seeds)")
+        for name, r in row["methods"].items():
+            if r["lds"] is not None and r["lds_twin"] is not None:
+                sd = "" if r["sd_over_seeds"] is None else f" ({r['sd_over_seeds']:.3f})"
+                print(f"  {name:<20} {r['lds']:6.3f} / {r['lds_twin']:6.3f}{sd}")
 
 
 def print_summary(summary: dict) -> None:
@@ -466,7 +552,7 @@ def open_fraction(text: str) -> float:
 def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
-                "--noise-replays": args.noise_replays}
+                "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
     if not args.lds:
         given = [k for k, v in lds_opts.items() if v is not None]
         if given:
@@ -477,6 +563,8 @@ def check_args(args) -> None:
     args.lds_fraction = sorted(set(args.lds_fraction or LDS_FRACTIONS))
     args.lds_subsets = args.lds_subsets or LDS_SUBSETS
     args.noise_replays = args.noise_replays or LDS_REPLAYS
+    args.trials = args.trials or 1
+    args.lds_twin = bool(args.lds_twin)
     if args.noise_replays < 2:
         raise UserError("--noise-replays must be at least 2: the noise ceiling compares two halves of the replays")
     if args.lds_subsets < 5:
@@ -530,7 +618,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-replays", type=positive_int, default=None, metavar="K",
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
-    g.add_argument("--workers", type=positive_int, default=1, help="processes for the LDS replays")
+    g.add_argument("--trials", type=positive_int, default=None, metavar="K",
+                   help="trainings to measure the LDS on: seeds --seed..--seed+K-1, each with its own scores, "
+                        "subsets and replays; over them each method's mean LDS and every pair's paired "
+                        "difference with 95%% t-intervals (default: 1)")
+    g.add_argument("--lds-twin", action="store_true", default=None,
+                   help="also the first seed's twin: the same training with theta[0] moved by a seeded half-ulp "
+                        "(how far apart rounding alone puts two LDS values, against the spread over seeds)")
+    g.add_argument("--workers", type=positive_int, default=1,
+                   help="processes for the LDS units (trainings, scores, replays)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the LDS replays on the workers of a running Dask scheduler (tcp://host:8786, "
                         "docs/cluster.md) instead of --workers")
@@ -556,7 +652,7 @@ def main(argv) -> int:
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
         net = network.checked(args, data.image_shape, data.n_classes)
         if args.lds:
-            print_lds(run_lds(args, data, net))
+            print_lds(run_lds(args, lambda seed: data if seed == args.seed else lds.load_data(args, seed), net))
             print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
         else:
             print_summary(run_validation(args, data, net))

@@ -12,7 +12,7 @@ Writes to the run folder `OUT/train/seed_<k>/`:
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import nnabla as nn
@@ -35,6 +35,17 @@ def init_model(data: Data, seed: int, batch_size: int, net: Callable = cnn) -> G
     cache = GraphCache(data.image_shape, data.n_classes, test=False, net=net)
     cache.get(batch_size)  # creates the parameters
     return cache
+
+
+def perturb_half_ulp(key: Sequence[int]) -> None:
+    """Move each trainable parameter, with probability 1/2, to its float32 neighbour above or below
+    (seeded by `key`): half an ulp on average, the size of one float32 rounding."""
+    rng = np.random.default_rng(list(key))
+    for v in trainable_params().values():
+        d = np.asarray(v.d, np.float32)
+        move = rng.random(d.shape) < 0.5
+        toward = np.where(rng.random(d.shape) < 0.5, np.float32(-np.inf), np.float32(np.inf))
+        v.d = np.where(move, np.nextafter(d, toward), d)
 
 
 def load_model(data: Data, run_dir: str, epoch: int, batch_size: int, net: Callable = cnn) -> GraphCache:
@@ -90,11 +101,15 @@ class SGD:
 
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
           keep_step_params: bool, progress: bool = True, net: Callable = cnn,
-          augment: bool = True) -> None:
-    """Train with SGD from a seeded initialisation and write the run folder."""
+          augment: bool = True, perturb_init: Optional[Sequence[int]] = None) -> None:
+    """Train with SGD from a seeded initialisation and write the run folder. `perturb_init`: a key
+    for `perturb_half_ulp` applied to theta[0] (a twin of the seed's training that differs from it
+    by rounding only; batches and augmentation are the seed's)."""
     if batch_size > len(data.train):
         raise UserError(f"batch size {batch_size} is larger than the training set ({len(data.train)}); lower -bs")
     cache = init_model(data, seed, batch_size, net)
+    if perturb_init is not None:
+        perturb_half_ulp(perturb_init)
     sgd = SGD(cache, data)
     save_checkpoint(checkpoint_path(run_dir, 0))
     rng = np.random.default_rng([seed, 1])
