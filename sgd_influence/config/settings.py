@@ -201,14 +201,16 @@ def differences(old: dict, new: dict, keys: Iterable[str], sep: str = "->") -> L
     return [f"{k} {old.get(k)!r} {sep} {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str) -> None:
+def check_settings(folder: str, settings: dict, holder: str, what: str, fix: str,
+                   predating: dict | None = None) -> None:
     """Reuse the results in `folder` only under the settings they were made with: compare with its
-    settings.json (one error line naming each difference), or record `settings` there."""
+    settings.json (one error line naming each difference), or record `settings` there. Keys that
+    the saved settings lack count at their `PREDATING_VALUES` or `predating` value."""
     path = os.path.join(folder, "settings.json")
     if not os.path.exists(path):
         layout.write_json(path, settings)
         return
-    diff = differences({**PREDATING_VALUES, **layout.read_json(path)}, settings, settings)
+    diff = differences({**PREDATING_VALUES, **(predating or {}), **layout.read_json(path)}, settings, settings)
     if diff:
         raise UserError(f"{holder} holds {what} of other settings ({'; '.join(diff)}); "
                         f"use another -o, or --overwrite to {fix}")
