@@ -122,6 +122,11 @@ def influence_path(out: str, method: str, seed: int) -> str:
     return os.path.join(out, "influence", method, f"influence_{stem(method)}_{seed}.csv")
 
 
+def replay_check_path(out: str, method: str, seed: int) -> str:
+    """Replay's self-check and cost, next to its influence file (core/replay.py: ReplayedTrajectory.report)."""
+    return os.path.join(out, "influence", method, f"replay_check_{seed}.json")
+
+
 def score_path(out: str, method: str, n: int, seed: int) -> str:
     return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}.csv")
 
