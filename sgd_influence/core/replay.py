@@ -30,7 +30,7 @@ memory, at most M of them, M = the memory budget // the bytes of one row:
   (sqrt(T) checkpoints of sqrt(T)-step segments: the classic sqrt(T) scheme is the case
   M = its minimum). Binomial checkpointing (Griewank & Walther's revolve) would extend the
   range below that minimum, at more than 2T steps; at the paper's scale (MNIST, T = 1,563)
-  the minimum is 79 copies, 97 MB of this network: not worth a tree here. A budget below
+  the minimum is 78 copies, 96 MB of this network: not worth a tree here. A budget below
   the minimum is a UserError naming the --replay-memory to give.
 
 Self-check: after the first replay the model holds the recomputed theta[T], which is
