@@ -115,11 +115,11 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="flip the labels of round(P * n_train) training instances to another random class "
                         "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
-                   help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
+                   help="how Hara, Ours, Replay and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
-                   help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
+                   help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the change of "
                         "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
     add_replay_memory(p)

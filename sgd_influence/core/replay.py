@@ -1,4 +1,4 @@
-"""Replay: theta[t] of the last epoch recomputed, not stored (design.md section 9; beyond both papers).
+"""Replay: theta[t] of the last epoch recomputed, not stored (beyond both papers).
 
 Hara's retrace needs theta[t] at every step t of the last epoch; Hara stores them
 (|theta| x T). Training here is a deterministic function of theta[K-1]
