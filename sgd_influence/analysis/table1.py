@@ -20,6 +20,7 @@ import nnabla as nn
 from models import cnn
 from ..base import layout
 from ..base.layout import Folder
+from ..base.methods import METHODS
 from ..core.step_record import one_epoch_record_bytes
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
@@ -61,8 +62,9 @@ def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, record_byte
 def replay_compute(folders: Sequence[Folder]) -> Optional[dict]:
     """Replay's retrace wall time over the same retrace without its replayed steps (an estimate of
     Replay / Hara), from the first influence/Replay/replay_check_<seed>.json of the folders."""
+    replaying = [n for n, m in METHODS.items() if m.replays]
     for f in folders:
-        for path in sorted(glob.glob(os.path.join(f.path, "influence", "Replay", "replay_check_*.json"))):
+        for path in sorted(p for n in replaying for p in glob.glob(layout.replay_check_path(f.path, n, "*"))):
             r = layout.read_json(path)
             total, replay = r.get("retrace_wall_s"), r.get("replay_wall_s")
             if total and replay is not None and total > replay:
