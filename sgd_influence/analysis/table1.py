@@ -190,7 +190,8 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
             cols.setdefault(f"{name}, paper", {})[r["cache"]] = human(r["paper_bytes"])
     cols["retrace compute vs Hara's"] = compute
     md = ["| cache | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1) + "---|"]
-    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |" for cache, label in CACHES]
+    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |"
+           for cache, label in CACHES]
     md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs; M: the parameter "
            "copies Replay's --replay-memory holds. Percentages: projection vs the paper's Table 1 (which has no "
            "Replay row). Replay's .h5 cell: two checkpoints and the last epoch's step record (.npz). "

@@ -31,10 +31,10 @@ reliability is about 2c / (1 + c), and sqrt of that bounds the LDS a perfect
 estimator could reach against it (both reported, as approximations).
 
 Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
-every step (as Hara's per-step store, on disk: the units of other processes read it;
-train.replay_steps is the replay of training that Replay and retraining also run); the counterfactual of S then starts at
-the stored theta^r[t] of the step of S's first member instead of at the start
-of the epoch. Truths are cached per (fraction, subset, replay), so a re-run
+every step (as Hara's per-step store, on disk: the units of other processes read
+it; train.replay_steps is the replay of training that Replay and retraining also
+run); the counterfactual of S then starts at the stored theta^r[t] of the step of
+S's first member instead of at the start of the epoch. Truths are cached per (fraction, subset, replay), so a re-run
 recomputes nothing and a larger M or K computes only what is new.
 """
 from __future__ import annotations

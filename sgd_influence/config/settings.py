@@ -119,8 +119,8 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
-                   help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the change of "
-                        "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
+                   help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the "
+                        "change of the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
                         "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
     add_replay_memory(p)
     network.add_arguments(p)

@@ -18,10 +18,10 @@ Ours at theta = theta[T] (final parameters only). Where theta[t] comes from is a
 `params.StepParams` (`step_parameters`): Hara's per-step store read from disk
 (`trajectory="stored"`), or, for the method Replay (`trajectory="replay"`), the last
 epoch replayed from params_epoch_<K-1>.h5 and the step record, in memory or from
-checkpoints within a memory budget (replay.py); the walk back below is the same code. Both quantities of a step come
-from the same passes: `mode="fd"` (default) central differences along u on the
-network pinned to its ReLU/max-pool branches at theta (`FDRetraceGraph`, about
-2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
+checkpoints within a memory budget (replay.py); the walk back below is the same code.
+Both quantities of a step come from the same passes: `mode="fd"` (default) central
+differences along u on the network pinned to its ReLU/max-pool branches at theta
+(`FDRetraceGraph`, about 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
 about 5); docs/performance.md has the measured agreement. With `retrace_u=False` u stays
 the validation gradient: Ours without the Hessian terms, the control method
 TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
