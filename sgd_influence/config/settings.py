@@ -120,8 +120,9 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
                    help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the "
-                        "change of the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
-                        "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
+                        "change of the batch statistics that removing the sample causes (on: the retrace's batch norm "
+                        "weights its statistics by the per-sample weights) or holds them fixed (off: the convention "
+                        "before)")
     add_replay_memory(p)
     network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
