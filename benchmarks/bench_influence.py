@@ -8,11 +8,16 @@ parameters); an influence-functions solver step; an evaluation retraining step;
 the exact double-backward retrace step; and the retrace computed the way the
 published code does (`naive_retrace_step`, this file only). The Ours and Hara
 retraces run in child processes at two training-set sizes, which also gives the
-peak resident memory (ru_maxrss) of the influence phase at each size.
+peak resident memory (ru_maxrss) of the influence phase at each size. Replay (Hara's
+scores, theta[t] replayed from the checkpoint instead of read) runs twice more at the
+larger size, as whole retraces in child processes like Hara's: in memory, and forced to
+checkpoint with the smallest budget its scheme accepts (core/replay.py: minimum_copies);
+`replay_over_hara` is each one's whole retrace over Hara's (same clock).
 `--accuracy` adds full exact and finite-difference retraces and their agreement.
 
-Writes benchmarks/results/<label>.json and prints a table; the last line is
-    retrace_over_train_step=<x> naive_over_fast=<y>
+Writes benchmarks/results/<label>.json and prints a table; the last lines are
+    retrace_over_train_step=<x> naive_over_fast=<y> ...
+    replay_over_hara=<in memory> replay_over_hara_checkpointed=<checkpointed>
 On a CPU context the figures are process CPU seconds (other processes sharing the
 cores then slow the wall clock but hardly the figures); wall seconds and the load
 average are recorded too. On a GPU context the figures are wall seconds.
@@ -221,17 +226,22 @@ def child(spec: dict) -> None:
     set_context(spec["device_id"])
     args = argparse.Namespace(**spec["data"])
     data = load(args, spec["n_train"])
-    marks, resident = [Clock.now()], []
+    marks, resident, reports = [Clock.now()], [], []
 
     def on_step(*_):
         marks.append(Clock.now())
         resident.append(resident_kib())
-    retrace(data, spec["run_dir"], spec["method"], spec["batch_size"], progress=False, mode=spec["mode"],
-            on_step=on_step)
+    replay = {"trajectory": "replay", "replay_memory": spec.get("replay_memory"), "on_replay": reports.append} \
+        if spec["method"] == "Replay" else {}
+    retrace(data, spec["run_dir"], "Hara" if replay else spec["method"], spec["batch_size"], progress=False,
+            mode=spec["mode"], on_step=on_step, **replay)
+    end = Clock.now()
     steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks[1:-1], marks[2:])]  # first step builds graphs
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with open(spec["out"], "w") as f:
         json.dump({"steps": steps, "rss_kib": rss_kib, "n_train": len(data.train),
+                   "whole": [end[0] - marks[0][0], end[1] - marks[0][1]],  # the whole retrace call (wall, cpu)
+                   "replay_report": reports[0] if reports else None,
                    "resident_kib_after_first_and_last_step": [resident[0], resident[-1]]}, f)
 
 
@@ -245,10 +255,27 @@ def resident_kib():
 
 
 def run_child(spec: dict, workdir: str) -> dict:
-    spec = dict(spec, out=os.path.join(workdir, f"child_{spec['method']}_{spec['n_train']}.json"))
+    tag = "" if spec.get("replay_memory") is None else "_checkpointed"
+    spec = dict(spec, out=os.path.join(workdir, f"child_{spec['method']}{tag}_{spec['n_train']}.json"))
     subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], check=True)
     with open(spec["out"]) as f:
         return json.load(f)
+
+
+def replay_runs(spec: dict, run_dir: str, n_train: int, workdir: str) -> Dict[str, dict]:
+    """Replay's whole retrace in a child process: in memory (no budget), and checkpointed with the
+    smallest budget its scheme accepts (minimum_copies(T) rows)."""
+    from sgd_influence.core.replay import minimum_copies
+    from sgd_influence.core.step_record import StepRecord
+    from sgd_influence.base.layout import step_record_path
+    from sgd_influence.core.params import StepParamsReader
+    from sgd_influence.base.layout import step_params_path
+    record = StepRecord.load(step_record_path(run_dir))
+    steps = len(record.steps_of_epoch(record.n_epochs - 1))
+    row = 4 * StepParamsReader(step_params_path(run_dir, record.n_epochs - 1)).row_size
+    base = dict(spec, method="Replay", n_train=n_train, run_dir=run_dir)
+    return {"in memory": run_child(base, workdir),
+            "checkpointed": run_child(dict(base, replay_memory=minimum_copies(steps) * row), workdir)}
 
 
 # ------------------------------------------------------------ accuracy check
@@ -370,6 +397,7 @@ def main(argv=None) -> None:
         fig["naive_step"] = naive_steps(data, state, run, 2 if args.quick else 3, work)
         spec = {"device_id": args.device_id, "batch_size": args.batch_size, "mode": "fd",
                 "data": {k: getattr(args, k) for k in ("dataset", "data_dir", "n_val", "n_test")}}
+        whole: Dict[str, list] = {}
         rss: Dict[str, Dict[str, int]] = {"Ours": {}, "Hara": {}}
         resident: Dict[str, Dict[str, list]] = {"Ours": {}, "Hara": {}}
         for n in (small, args.n_train):
@@ -379,6 +407,8 @@ def main(argv=None) -> None:
                 resident[method][str(n)] = out.get("resident_kib_after_first_and_last_step")
                 if n == args.n_train:
                     fig[f"{method.lower()}_step"] = out["steps"]
+                    whole[method] = out["whole"]
+        replay = replay_runs(spec, runs[args.n_train], args.n_train, work)
         acc = {m: accuracy(data, runs[args.n_train], m, args.batch_size) for m in ("Ours", "Hara")} \
             if args.accuracy else None
     fig = {k: clock.stats(v) for k, v in fig.items()}
@@ -394,7 +424,13 @@ def main(argv=None) -> None:
            "total_wall_s": time.perf_counter() - start,
            "retrace_over_train_step": fig["ours_step"]["figure"] / fig["train_step"]["figure"],
            "naive_over_fast": fig["naive_step"]["figure"] / fig["ours_step"]["figure"],
-           "resident_over_host_fd_step": fig["fd_resident_step"]["figure"] / fig["fd_graph_step"]["figure"]}
+           "resident_over_host_fd_step": fig["fd_resident_step"]["figure"] / fig["fd_graph_step"]["figure"],
+           "whole_retrace_s": {"Hara": clock.stats([whole["Hara"]]),
+                               **{f"Replay {k}": clock.stats([r["whole"]]) for k, r in replay.items()}},
+           "replay_reports": {k: r["replay_report"] for k, r in replay.items()}}
+    hara_s = res["whole_retrace_s"]["Hara"]["figure"]
+    res["replay_over_hara"] = res["whole_retrace_s"]["Replay in memory"]["figure"] / hara_s
+    res["replay_over_hara_checkpointed"] = res["whole_retrace_s"]["Replay checkpointed"]["figure"] / hara_s
     os.makedirs(results_dir, exist_ok=True)
     from sgd_influence.base.layout import write_json
     write_json(os.path.join(results_dir, f"{args.label}.json"), res)
@@ -405,6 +441,10 @@ def main(argv=None) -> None:
           f"on {os.cpu_count()} cores; total {res['total_wall_s']:.0f} s; {results_dir}/{args.label}.json")
     print(f"retrace_over_train_step={res['retrace_over_train_step']:.2f} naive_over_fast={res['naive_over_fast']:.2f} "
           f"resident_over_host_fd_step={res['resident_over_host_fd_step']:.2f}")
+    cp = res["replay_reports"]["checkpointed"]
+    print(f"replay_over_hara={res['replay_over_hara']:.2f} (in memory) "
+          f"replay_over_hara_checkpointed={res['replay_over_hara_checkpointed']:.2f} "
+          f"({cp['copies_held']} copies for T={cp['steps']}, {cp['steps_replayed']} steps replayed)")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def csv_run(tmp_path_factory):
     user_module(root, 2)
     args = ["-o", "out", "-ds", "csv", "--train-csv", "mydata/train.csv", "--val-csv", "mydata/val.csv",
             "--test-csv", "mydata/test.csv", "-e", "2", "-bs", "4", "-nt", "1", "-r", "0", "3",
-            "--methods", "Hara", "Ours", "Random", "--net", "mynets:net"]
+            "--methods", "Hara", "Ours", "Replay", "Random", "--net", "mynets:net"]
     r = driver(args, root)
     assert r.returncode == 0, r.stderr
     return root, args
@@ -174,6 +174,9 @@ def test_python_function_network_end_to_end(csv_run):
         scores = io_scores(out / "influence" / m / f"influence_{f}_0.csv")
         assert len(scores) == 20 and np.abs(scores).max() > 0
         assert (out / "score" / m / "score_delete_worst_3_seed_0.csv").exists()
+    # Replay with the user's network: Hara's scores, byte for byte.
+    assert (out / "influence" / "Replay" / "influence_replay_0.csv").read_bytes() == \
+        (out / "influence" / "Hara" / "influence_hara_0.csv").read_bytes()
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["net"] == "mynets:net" and settings["net_init"] == "seed"
     assert settings["net_sha256"] == network.file_sha256(str(root / "mynets.py"))

@@ -11,7 +11,8 @@ first OUT):
   summary/paired_vs_random.csv  per method and n: accuracy minus Random's of the same trial, mean, std and
                              95% t-interval over trials, and whether it excludes 0
   summary/table1_cache.csv   the paper's Table 1: cache of all epochs' parameters (theta x T x K),
-  summary/table1_cache.md      Hara (theta x T) and Ours (theta), measured here and projected to paper scale
+  summary/table1_cache.md      Hara (theta x T), Ours (theta) and Replay (2 theta + the last epoch's record,
+                             with its compute vs Hara's), measured here and projected to paper scale
   summary/agreement.csv      per trial and pair of scoring methods: Spearman, Kendall tau-b, overlap of
                              the n most negative for every removal size n
   summary/inputs.json        the folders analysed (only when merging or given --out)

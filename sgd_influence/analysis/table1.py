@@ -1,7 +1,10 @@
 """The paper's Table 1: the cache each method keeps, measured in a run and projected to paper scale.
 
 Hara keeps theta[t] of every step of the last epoch (|theta| x T float32), Ours only the final
-theta; keeping every epoch's steps would be |theta| x T x K. Written by analyze as
+theta; keeping every epoch's steps would be |theta| x T x K. Replay (beyond the paper) keeps
+theta[K-1] and theta[T] and the last epoch's step record, and recomputes theta[t] (core/replay.py):
+its row also gives its retrace compute relative to Hara's, measured in the run where its
+influence/Replay/replay_check_<seed>.json is found. Written by analyze as
 summary/table1_cache.csv and .md.
 """
 from __future__ import annotations
@@ -17,6 +20,8 @@ import nnabla as nn
 from models import cnn
 from ..base import layout
 from ..base.layout import Folder
+from ..base.methods import METHODS
+from ..core.step_record import one_epoch_record_bytes
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
 PAPER_BATCH, PAPER_EPOCHS = 32, 20
@@ -24,7 +29,11 @@ PAPER_TABLE1 = {  # dataset: (training images, input channels, {cache: bytes as 
     "mnist": (50000, 1, {"all": 38.64e9, "hara": 1.932e9, "ours": 1.236e6}),
     "cifar10": (40000, 3, {"all": 30.90e9, "hara": 1.545e9, "ours": 1.236e6}),
 }
-CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"))
+CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"),
+          ("replay", "Replay (θ[K−1] + θ[T] + last epoch's step record; beyond the paper)"))
+# Retrace compute relative to Hara's (the md's last column; Replay's measured figure is added per run).
+COMPUTE = {"all": "×K (every epoch retraced)", "hara": "1", "ours": "≈ 1 (no parameter reads)",
+           "replay": "1 + (T in memory, else 2T − M) training steps per T retrace steps"}
 
 
 def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
@@ -42,10 +51,25 @@ def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
     return count, h5
 
 
-def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int) -> Dict[str, int]:
-    """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final."""
+def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, record_bytes: int) -> Dict[str, int]:
+    """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final;
+    Replay the parameters at the start of the last epoch and the final ones, and the last epoch's
+    step record (`record_bytes`)."""
     return {"all": param_bytes * steps_per_epoch * epochs, "hara": param_bytes * steps_per_epoch,
-            "ours": param_bytes}
+            "ours": param_bytes, "replay": 2 * param_bytes + record_bytes}
+
+
+def replay_compute(folders: Sequence[Folder]) -> Optional[dict]:
+    """Replay's retrace wall time over the same retrace without its replayed steps (an estimate of
+    Replay / Hara), from the first influence/Replay/replay_check_<seed>.json of the folders."""
+    replaying = [n for n, m in METHODS.items() if m.replays]
+    for f in folders:
+        for path in sorted(p for n in replaying for p in glob.glob(layout.replay_check_path(f.path, n, "*"))):
+            r = layout.read_json(path)
+            total, replay = r.get("retrace_wall_s"), r.get("replay_wall_s")
+            if total and replay is not None and total > replay:
+                return {"ratio": total / (total - replay), "scheme": r.get("scheme"), "path": path}
+    return None
 
 
 def find_cache_size(folders: Sequence[Folder]) -> Optional[Tuple[Folder, dict]]:
@@ -61,8 +85,12 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
     """This run's measured cache sizes (per batch size), then the paper-scale projection.
 
     Measured: Ours = the final .h5 checkpoint, Hara = the per-step float32 store of the last epoch;
-    'all' = that store times the epochs (projected: only the last epoch is kept). Paper scale:
-    float32 parameter count x 4 x T (x K), T = ceil(N / 32), K = 20; Ours also as the .h5 size.
+    'all' = that store times the epochs (projected: only the last epoch is kept); Replay = the .h5
+    checkpoints after epochs K-1 and K and the last epoch's record as an .npz (a run written before
+    Replay existed has no such row). Paper scale: float32 parameter count x 4 x T (x K),
+    T = ceil(N / 32), K = 20; Ours and Replay also as .h5 sizes; Replay's record: one epoch of N
+    instances in batches of 32. `compute_vs_hara`: Replay's measured retrace time over its time
+    without the replayed steps (this run, where its replay_check file is found).
     """
     rows = []
     for bs, folders in groups.items():
@@ -72,32 +100,43 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
         folder, c = found
         epochs = folder.settings.get("n_epochs")
         n = n_train.get(bs)
-        t = c.get("hara_steps") or (math.ceil(n / bs) if n and bs else None)
+        t = c.get("hara_steps") or c.get("steps_per_epoch") or (math.ceil(n / bs) if n and bs else None)
         pb = int(c["param_bytes_float32"])
-        f32 = cache_bytes(pb, t, epochs) if t and epochs else {"ours": pb}
+        record = (c.get("replay_parts") or {}).get("step_record_last_epoch")
+        f32 = cache_bytes(pb, t, epochs, record or 0) if t and epochs else {"ours": pb}
         hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
-        saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None}
+        saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None,
+                 "replay": c.get("replay_bytes")}
+        measured = replay_compute(folders)
         for cache, _ in CACHES:
+            if cache == "replay" and record is None:
+                continue
             rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
                          "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
                          "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
-                         "paper_bytes": None})
+                         "paper_bytes": None, "record_bytes": record if cache == "replay" else None,
+                         "compute_vs_hara": measured["ratio"] if cache == "replay" and measured else None,
+                         "compute_scheme": measured["scheme"] if cache == "replay" and measured else None})
     for dataset, (n, channels, paper) in PAPER_TABLE1.items():
         count, h5 = model_param_bytes(channels)
         t = math.ceil(n / PAPER_BATCH)
-        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS)
-        saved = dict(f32, ours=h5)  # Hara's store here is raw float32: exactly |theta| x T x 4 bytes
+        record = one_epoch_record_bytes(n, PAPER_BATCH)
+        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS, record)
+        saved = dict(f32, ours=h5, replay=2 * h5 + record)  # Hara's store here is raw float32: |theta| x T x 4
         for cache, _ in CACHES:
             rows.append({"scope": "paper scale", "dataset": dataset, "n_train": n, "batch_size": PAPER_BATCH,
                          "epochs": PAPER_EPOCHS, "steps_per_epoch": t, "param_count": count, "cache": cache,
-                         "float32_bytes": f32[cache], "saved_bytes": saved[cache], "paper_bytes": paper[cache]})
+                         "float32_bytes": f32[cache], "saved_bytes": saved[cache], "paper_bytes": paper.get(cache),
+                         "record_bytes": record if cache == "replay" else None, "compute_vs_hara": None,
+                         "compute_scheme": None})
     for r in rows:
         r["float32_vs_paper"] = r["float32_bytes"] / r["paper_bytes"] - 1 if r["paper_bytes"] else None
     return rows
 
 
 TABLE1_COLUMNS = ("scope", "dataset", "n_train", "batch_size", "epochs", "steps_per_epoch", "param_count", "cache",
-                  "float32_bytes", "saved_bytes", "paper_bytes", "float32_vs_paper")
+                  "float32_bytes", "saved_bytes", "paper_bytes", "float32_vs_paper", "record_bytes", "compute_vs_hara",
+                  "compute_scheme")
 
 
 def human(b: Optional[float]) -> str:
@@ -114,11 +153,14 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
     def fmt(key, v):
         if v is None:
             return ""
-        return f"{v:.6f}" if key == "float32_vs_paper" else f"{v:.0f}" if isinstance(v, float) else str(v)
+        if key in ("float32_vs_paper", "compute_vs_hara"):
+            return f"{v:.6f}"
+        return f"{v:.0f}" if isinstance(v, float) else str(v)
     lines = [",".join(TABLE1_COLUMNS)] + [",".join(fmt(c, r[c]) for c in TABLE1_COLUMNS) for r in rows]
     layout.write_text(csv_path, "\n".join(lines) + "\n")
 
     cols = {}  # column title -> {cache: cell}
+    compute = dict(COMPUTE)
     for r in rows:
         if r["scope"] == "this run":
             title = (f"this run ({r['dataset']}, N={r['n_train'] or '?'}, B={r['batch_size']}, "
@@ -128,17 +170,30 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
                 cell = f"{human(r['float32_bytes'])} float32; .h5 {human(r['saved_bytes'])}"
             elif r["cache"] == "all" and r["saved_bytes"] is not None:
                 cell += " (projected ×K)"
+            elif r["cache"] == "replay":
+                cell = (f"{human(r['float32_bytes'])} float32; .h5 ×2 + record {human(r['saved_bytes'])} "
+                        f"(record {human(r['record_bytes'])})")
+                if r["compute_vs_hara"] is not None:
+                    compute["replay"] = (f"×{r['compute_vs_hara']:.2f} measured in this run ({r['compute_scheme']}); "
+                                         + COMPUTE["replay"])
             cols.setdefault(title, {})[r["cache"]] = cell
         else:
             name = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[r["dataset"]]
             title = f"{name} (N={r['n_train']:,}, B={r['batch_size']}, K={r['epochs']}, T={r['steps_per_epoch']:,})"
-            cell = f"{human(r['float32_bytes'])} ({r['float32_vs_paper']:+.2%})"
-            if r["cache"] == "ours":
+            if r["float32_vs_paper"] is None:
+                cell = human(r["float32_bytes"])
+            else:
+                cell = f"{human(r['float32_bytes'])} ({r['float32_vs_paper']:+.2%})"
+            if r["cache"] in ("ours", "replay"):
                 cell += f"; .h5 {human(r['saved_bytes'])}"
             cols.setdefault(title + ", projected", {})[r["cache"]] = cell
             cols.setdefault(f"{name}, paper", {})[r["cache"]] = human(r["paper_bytes"])
-    md = ["| cache | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |" for cache, label in CACHES]
-    md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs. "
-           "Percentages: projection vs the paper's Table 1. MB/GB are 10^6/10^9 bytes."]
+    cols["retrace compute vs Hara's"] = compute
+    md = ["| cache | " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1) + "---|"]
+    md += [f"| {label} | " + " | ".join(c.get(cache, "–") for c in cols.values()) + " |"
+           for cache, label in CACHES]
+    md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs; M: the parameter "
+           "copies Replay's --replay-memory holds. Percentages: projection vs the paper's Table 1 (which has no "
+           "Replay row). Replay's .h5 cell: two checkpoints and the last epoch's step record (.npz). "
+           "MB/GB are 10^6/10^9 bytes."]
     layout.write_text(md_path, "\n".join(md) + "\n")

@@ -11,7 +11,7 @@ import re
 import zipfile
 from io import StringIO
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -121,6 +121,12 @@ def train_dir(out: str, seed: int, twin: bool = False) -> str:
 
 def influence_path(out: str, method: str, seed: int) -> str:
     return os.path.join(out, "influence", method, f"influence_{stem(method)}_{seed}.csv")
+
+
+def replay_check_path(out: str, method: str, seed: Union[int, str]) -> str:
+    """Replay's self-check and cost, next to its influence file (core/replay.py: ReplayedTrajectory.report);
+    seed "*": the glob pattern of every trial's."""
+    return os.path.join(out, "influence", method, f"replay_check_{seed}.json")
 
 
 def score_path(out: str, method: str, n: int, seed: int) -> str:

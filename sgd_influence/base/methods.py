@@ -27,16 +27,27 @@ class Method:
     control: bool = False  # a random sort key: no agreement, no harmful/helpful grids
     driver: bool = True  # the drivers can run it (False: an ablation of validate_influence.py only)
     plot_rank: Optional[int] = None  # position in tables and figures; None: after the ranked, alphabetically
+    scores_of: Optional[str] = None  # computes that method's scores (on the CPU byte for byte) another way
 
     @property
     def step_params(self) -> bool:
-        """Needs the per-step parameter store theta[t] of the last epoch (Hara's storage)."""
-        return bool(self.retrace) and self.retrace.get("method") == "Hara"
+        """Needs the per-step parameter store theta[t] of the last epoch (Hara's storage); Replay
+        recomputes theta[t] from params_epoch_<K-1>.h5 and the step record instead."""
+        return bool(self.retrace) and self.retrace.get("method") == "Hara" \
+            and self.retrace.get("trajectory", "stored") == "stored"
+
+    @property
+    def replays(self) -> bool:
+        """Recomputes the last epoch's theta[t] by replaying it (core/replay.py)."""
+        return bool(self.retrace) and self.retrace.get("trajectory") == "replay"
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("Hara", "hara", retrace=dict(method="Hara"), settings=RETRACE_SETTINGS, plot_rank=0),
     Method("Ours", "ours", retrace=dict(method="Ours"), settings=RETRACE_SETTINGS, plot_rank=1),
+    # Hara's scores at Ours' storage: theta[t] replayed from params_epoch_<K-1>.h5 (beyond both papers).
+    Method("Replay", "replay", retrace=dict(method="Hara", trajectory="replay"), settings=RETRACE_SETTINGS,
+           scores_of="Hara"),
     Method("Influence_functions", "influence_functions", settings=IF_SETTINGS, seeded=True, plot_rank=2),
     Method("TracIn_last", "tracin_last", retrace=dict(method="Ours", retrace_u=False), settings=RETRACE_SETTINGS),
     Method("Loss", "loss"),

@@ -31,9 +31,10 @@ reliability is about 2c / (1 + c), and sqrt of that bounds the LDS a perfect
 estimator could reach against it (both reported, as approximations).
 
 Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
-every step (as Hara's per-step store); the counterfactual of S then starts at
-the stored theta^r[t] of the step of S's first member instead of at the start
-of the epoch. Truths are cached per (fraction, subset, replay), so a re-run
+every step (as Hara's per-step store, on disk: the units of other processes read
+it; train.replay_steps is the replay of training that Replay and retraining also
+run); the counterfactual of S then starts at the stored theta^r[t] of the step of
+S's first member instead of at the start of the epoch. Truths are cached per (fraction, subset, replay), so a re-run
 recomputes nothing and a larger M or K computes only what is new.
 """
 from __future__ import annotations
@@ -55,7 +56,7 @@ from ..base.metrics import pearson, spearman, t_interval
 from ..core.params import StepParamsReader, StepParamsWriter, load_checkpoint
 from ..base.layout import checkpoint_path, step_record_path
 from ..core.step_record import StepRecord
-from ..core.train import SGD, init_model, perturb_half_ulp
+from ..core.train import SGD, init_model, perturb_half_ulp, replay_steps
 
 # --------------------------------------------------------------- trainings
 @dataclass(frozen=True)
@@ -149,9 +150,7 @@ class PairedReplays:
         load_checkpoint(checkpoint_path(self.run_dir, self.record.n_epochs - 1))
         perturb(self.seed, r)
         writer = StepParamsWriter(self.store_path(r))
-        for t in self.steps:
-            writer.append()
-            self.sgd.replay(self.record, t)
+        replay_steps(self.sgd, self.record, self.steps, before=lambda i: writer.append())  # keeps theta^r[t]
         writer.close()
         loss = self.val_loss()
         layout.write_json(path, {"replay": r, "val_loss": loss})
@@ -164,8 +163,7 @@ class PairedReplays:
         StepParamsReader(self.store_path(r)).load(first)  # theta^r[t] of S's first step: all before is equal
         keep = np.ones(len(self.data.train), bool)
         keep[removed] = False
-        for t in self.steps[first:]:
-            self.sgd.replay(self.record, t, keep)
+        replay_steps(self.sgd, self.record, self.steps[first:], keep)
         return self.val_loss() - base
 
 

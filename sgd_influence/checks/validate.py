@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from io import StringIO
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -51,17 +51,20 @@ from ..base.methods import DRIVER_METHODS, METHODS
 from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
-from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter, build_parser as driver_parser, check_settings, code_version,
-                       device, differences, nonneg_int, positive_float, positive_int, set_context)
+from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
+                               add_replay_memory, build_parser as driver_parser, check_settings, code_version,
+                               device, differences, nonneg_int, positive_float, positive_int, replay_budget,
+                               set_context)
 from ..core.step_record import StepRecord
-from ..core.train import SGD, load_model, train
+from ..core.train import SGD, load_model, replay_steps, train
 
 # The estimators: every method of the table (methods.METHODS), the published variants of Ours included.
 ESTIMATORS = tuple(METHODS)
 # The single-instance check's default estimators (the published code's two variants included).
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
-# LDS: every scoring method the drivers know, and Random (its LDS must come out near 0).
-LDS_DEFAULT = DRIVER_METHODS
+# LDS: every scoring method the drivers know, and Random (its LDS must come out near 0); not those that
+# compute another's scores (Replay: Hara's, byte for byte on the CPU), which --methods still accepts.
+LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None)
 # The settings an estimator's scores depend on beyond the training's: its own options, and the
 # seed where it draws random numbers.
 ESTIMATOR_SETTINGS = {n: m.settings + (("seed",) if m.seeded else ()) for n, m in METHODS.items()}
@@ -84,12 +87,16 @@ def cache_dir(out: str) -> str:
 
 
 # ------------------------------------------------------------------- estimates
-def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress: bool) -> np.ndarray:
-    """Scores of every training instance by estimator `name` (influence convention of infl.py)."""
+def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress: bool,
+             replay_check: Optional[str] = None) -> np.ndarray:
+    """Scores of every training instance by estimator `name` (influence convention of infl.py);
+    Replay's report (infl.retrace's on_replay) goes to `replay_check` if given."""
     spec = METHODS[name].retrace
     if spec is not None:
+        budget, source = replay_budget(args.replay_memory)
+        report = (lambda r: layout.write_json(replay_check, dict(r, memory_budget=source))) if replay_check else None
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
-                       bn_coupling=args.bn_coupling == "on", **spec)
+                       bn_coupling=args.bn_coupling == "on", replay_memory=budget, on_replay=report, **spec)
     if name == "Random":
         return random_key(len(data.train), args.seed)
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
@@ -118,7 +125,8 @@ def cached_estimate(name: str, data: Data, run_dir: str, args, net: Callable, pr
             return np.load(path, allow_pickle=False)
         except ValueError as e:
             raise UserError(f"{path} is corrupt ({e}); delete it and re-run") from None
-    scores = estimate(name, data, run_dir, args, net, progress)
+    scores = estimate(name, data, run_dir, args, net, progress,
+                      replay_check=os.path.join(folder, f"estimate_{name}_replay_check.json"))
     with layout.atomic_path(path) as tmp:
         np.save(tmp, scores)
     layout.write_json(meta, used)
@@ -174,8 +182,7 @@ class Counterfactuals:
         keep = np.ones(len(self.data.train), bool)
         if j is not None:
             keep[j] = False
-        for t in self.steps[r:]:
-            self.sgd.replay(self.record, t, keep)
+        replay_steps(self.sgd, self.record, self.steps[r:], keep)
 
     def truth(self, j: int) -> Tuple[float, float]:
         """(true_linear, true_val_loss_change) of removing j."""
@@ -602,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES,
                    default=driver.get_default("bn_coupling"),
                    help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
+    add_replay_memory(p)
     p.add_argument("-di", "--device-id", type=device, default="0",
                    help="GPU id when nnabla-ext-cuda is installed, or cpu")
     p.add_argument("--overwrite", action="store_true",

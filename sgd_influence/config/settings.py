@@ -13,7 +13,7 @@ import functools
 import importlib.util
 import os
 import subprocess
-from typing import Iterable, List, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import nnabla as nn
@@ -31,6 +31,9 @@ from .noise import with_label_noise
 RETRACE_CHOICES = ("fd", "exact")  # = graphs.RETRACE_GRAPHS (tests/test_retrace.py checks)
 BN_COUPLING_CHOICES = ("on", "off")
 DEFAULT_REMOVE = [0, 1, 10, 40, 100, 200, 600, 1000, 3000, 5000, 10000, 30000]
+# Replay's default memory budget for its copies of theta[t]: this fraction of the memory available
+# when its unit starts (each unit, so with --workers N up to N times this while they run together).
+REPLAY_MEMORY_FRACTION = 0.25
 
 
 # ----------------------------------------------------------------------------- options
@@ -112,13 +115,15 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="flip the labels of round(P * n_train) training instances to another random class "
                         "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
-                   help="how Hara, Ours and TracIn_last take each step's Hessian-vector product and per-sample "
+                   help="how Hara, Ours, Replay and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
-                   help="Hara, Ours, TracIn_last with batch norm: the per-sample derivative includes the change of "
-                        "the batch statistics that removing the sample causes (on: the retrace's batch norm weights "
-                        "its statistics by the per-sample weights) or holds them fixed (off: the convention before)")
+                   help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the "
+                        "change of the batch statistics that removing the sample causes (on: the retrace's batch norm "
+                        "weights its statistics by the per-sample weights) or holds them fixed (off: the convention "
+                        "before)")
+    add_replay_memory(p)
     network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -138,6 +143,40 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     g.add_argument("--if-last-iterate", action="store_true",
                    help="use the solver's last iterate (as published) instead of the mean over its second half")
     return p
+
+
+def add_replay_memory(p: argparse.ArgumentParser) -> None:
+    """--replay-memory MB (the drivers, validate_influence.py, the benchmark)."""
+    p.add_argument("--replay-memory", type=positive_float, default=None, metavar="MB",
+                   help=f"Replay: memory for its copies of the last epoch's parameters theta[t], in MB (10^6 "
+                        f"bytes); all T in memory when they fit, else checkpoints and re-replayed segments "
+                        f"(default: {REPLAY_MEMORY_FRACTION:.0%} of the memory available when its unit starts)")
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux MemAvailable; else free pages), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def replay_budget(mb: Optional[float]) -> Tuple[Optional[int], str]:
+    """Replay's memory budget in bytes and where it came from: --replay-memory MB, else
+    REPLAY_MEMORY_FRACTION of the available memory (None, no limit, where that is unknown)."""
+    if mb is not None:
+        return int(mb * 1e6), f"--replay-memory {mb:g}"
+    free = available_memory()
+    if free is None:
+        return None, "no limit (available memory unknown)"
+    return int(REPLAY_MEMORY_FRACTION * free), f"{REPLAY_MEMORY_FRACTION:.0%} of {free / 1e6:.0f} MB available"
 
 
 # ----------------------------------------------------------------------------- context

@@ -17,7 +17,7 @@ from models import cnn
 from .graphs import GraphCache, evaluate
 from ..base.layout import step_record_path
 from .step_record import StepRecord
-from .train import SGD, load_model
+from .train import SGD, load_model, replay_steps
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
@@ -31,8 +31,7 @@ def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
     keep[removed] = False
     rows = []
     for e in range(first, record.n_epochs):
-        for t in record.steps_of_epoch(e):
-            sgd.replay(record, t, keep)
+        replay_steps(sgd, record, record.steps_of_epoch(e), keep)
         val_loss, val_acc = evaluate(test_graphs, data.normalize, data.val)
         test_loss, test_acc = evaluate(test_graphs, data.normalize, data.test)
         rows.append((val_loss, test_loss, val_acc, test_acc))

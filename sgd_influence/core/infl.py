@@ -14,10 +14,14 @@ walking back from the last step with u_T = u:
         u      <- u - eta_t H_t u                    (H_t: Hessian of the batch mean loss)
 
 Hara evaluates g and H at theta = theta[t] (parameters stored at every step);
-Ours at theta = theta[T] (final parameters only). Both quantities of a step come
-from the same passes: `mode="fd"` (default) central differences along u on the
-network pinned to its ReLU/max-pool branches at theta (`FDRetraceGraph`, about
-2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
+Ours at theta = theta[T] (final parameters only). Where theta[t] comes from is a
+`params.StepParams` (`step_parameters`): Hara's per-step store read from disk
+(`trajectory="stored"`), or, for the method Replay (`trajectory="replay"`), the last
+epoch replayed from params_epoch_<K-1>.h5 and the step record, in memory or from
+checkpoints within a memory budget (replay.py); the walk back below is the same code.
+Both quantities of a step come from the same passes: `mode="fd"` (default) central
+differences along u on the network pinned to its ReLU/max-pool branches at theta
+(`FDRetraceGraph`, about 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
 about 5); docs/performance.md has the measured agreement. With `retrace_u=False` u stays
 the validation gradient: Ours without the Hessian terms, the control method
 TracIn_last, sum over the last epoch's steps of eta_t/|S_t| <u, g(z_j; theta[T])>.
@@ -42,6 +46,7 @@ both are off by default):
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -53,12 +58,14 @@ from models import cnn
 from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device, to_host, trainable_params,
                      zero_grads)
 from ..base.layout import step_params_path, step_record_path
-from .params import StepParamsReader
+from .params import StepParams, StepParamsReader
 from ..base.progress import bar as step_bar
+from .replay import ReplayedTrajectory
 from .step_record import StepRecord
 from .train import load_model
 
 RETRACE_METHODS = ("Hara", "Ours")
+TRAJECTORIES = ("stored", "replay")  # where Hara's theta[t] comes from: its per-step store, or a replay
 RETRACE_MODES = tuple(RETRACE_GRAPHS)  # ("exact", "fd")
 
 
@@ -95,10 +102,26 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
     return out
 
 
+def step_parameters(data: Data, run_dir: str, record: StepRecord, method: str, trajectory: str, batch_size: int,
+                    net: Callable = cnn, replay_memory: Optional[int] = None,
+                    progress: bool = True) -> Optional[StepParams]:
+    """Create the model's variables with theta[T] in them, and return what gives theta[t] of the last
+    epoch: Hara's per-step store (`trajectory="stored"`), a `ReplayedTrajectory` that has replayed
+    the epoch (`"replay"`: theta[T] is then the replayed one, checked against the stored), or None
+    for Ours (theta[T] throughout)."""
+    if method == "Hara" and trajectory == "replay":
+        replayed = ReplayedTrajectory(data, run_dir, record, batch_size, net, replay_memory, progress)
+        replayed.replay_window()
+        return replayed
+    load_final_model(data, run_dir, record.n_epochs, batch_size, net)
+    return StepParamsReader(step_params_path(run_dir, record.n_epochs - 1)) if method == "Hara" else None
+
+
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
             net: Callable = cnn, *, mode: str = "fd", bn_coupling: bool = True, retrace_u: bool = True,
             hu_over_batch: bool = False, sample_grads_alone: bool = False,
-            on_step: Optional[Callable] = None, resident: Optional[bool] = None) -> np.ndarray:
+            on_step: Optional[Callable] = None, resident: Optional[bool] = None, trajectory: str = "stored",
+            replay_memory: Optional[int] = None, on_replay: Optional[Callable[[dict], None]] = None) -> np.ndarray:
     """Influence of every training instance (last-epoch setting), shape (n_train,).
 
     `mode`: "fd" or "exact" (module docstring).
@@ -112,24 +135,30 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     batch going in and the per-sample products coming out; default: when the context is a GPU's.
     On the CPU the default host path is bit-for-bit today's; the resident one agrees with it up
     to float32 rounding (tests/test_retrace.py).
+    `trajectory` (method Hara): theta[t] from the per-step store ("stored") or replayed ("replay",
+    the method Replay; on the CPU the same scores bit for bit), within `replay_memory` bytes of
+    parameter copies (None: no limit); `on_replay(report)`, if given, receives the replay's
+    report at the end (replay.ReplayedTrajectory.report, with the retrace's wall seconds).
     """
-    assert method in RETRACE_METHODS and mode in RETRACE_MODES, (method, mode)
+    assert method in RETRACE_METHODS and mode in RETRACE_MODES and trajectory in TRAJECTORIES, \
+        (method, mode, trajectory)
+    assert trajectory == "stored" or method == "Hara", (method, trajectory)
+    started = time.perf_counter()
     record = StepRecord.load(step_record_path(run_dir))
     last = record.n_epochs - 1
-    load_final_model(data, run_dir, record.n_epochs, batch_size, net)
+    at_step = step_parameters(data, run_dir, record, method, trajectory, batch_size, net, replay_memory, progress)
     u = val_gradient(data, net=net)
     if on_device() if resident is None else resident:
         u = to_device(u)
     params = list(trainable_params().values())
-    stored = StepParamsReader(step_params_path(run_dir, last)) if method == "Hara" else None
 
     graphs = {}
     alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
     steps = record.steps_of_epoch(last)
     for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
-        if stored is not None:
-            stored.load(len(steps) - 1 - k)  # theta[t]
+        if at_step is not None:
+            at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed
         # Ours keeps theta[T]: training-mode forwards only move the batch-norm
         # running statistics, which training-mode outputs never read.
         idx, seeds = record.batch(t)
@@ -148,4 +177,6 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
                  for ui, h in zip(u, hu)]
         if on_step is not None:
             on_step(to_host(hu), ug, to_host(u))
+    if on_replay is not None and isinstance(at_step, ReplayedTrajectory):
+        on_replay(dict(at_step.report(), retrace_wall_s=round(time.perf_counter() - started, 3)))
     return influence

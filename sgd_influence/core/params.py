@@ -1,15 +1,16 @@
-"""Parameter files: checkpoints (nnabla .h5) and Hara's per-step store.
+"""Parameter files: checkpoints (nnabla .h5) and Hara's per-step store; rows of theta[t] in memory.
 
 The per-step store keeps, for every step of the retraced epoch, a real copy
 of every parameter array as it was when that step's gradient was taken
 (theta[t]). It is one raw float32 file per epoch, one row per step, so its
 size is exactly |theta| x T x 4 bytes, plus a small JSON layout file; the
-retrace reads one row per step.
+retrace reads one row per step. `ParamRows` keeps the same rows in memory
+(Replay, core/replay.py). Either is a `StepParams`: `load(i)` puts row i into the model.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Protocol
 
 import numpy as np
 import nnabla as nn
@@ -30,6 +31,49 @@ def load_checkpoint(path: str) -> None:
         raise FileNotFoundError(path)
     with reading(path):
         nn.load_parameters(path)
+
+
+class StepParams(Protocol):
+    """theta[t] of the retraced window's steps, by position i = 0..T-1 in the window."""
+
+    def load(self, i: int) -> None:
+        """Put theta[first step + i] (every parameter, batch-norm statistics included) into the model."""
+
+
+def row_bytes() -> int:
+    """Bytes of one row (one copy of every parameter as float32) of the current model."""
+    return 4 * sum(int(v.size) for v in nn.get_parameters(grad_only=False).values())
+
+
+class ParamRows:
+    """Rows of theta[t] in memory, by position: the rows of StepParamsWriter/Reader (every parameter,
+    batch-norm statistics included, float32), each a copy of the arrays. `peak` counts the most
+    rows held at once."""
+
+    def __init__(self):
+        self.params = nn.get_parameters(grad_only=False)
+        self.rows: Dict[int, Dict[str, np.ndarray]] = {}
+        self.peak = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.rows
+
+    def keep(self, i: int) -> None:
+        """Copy the model's current parameters into row i."""
+        self.rows[i] = {k: np.array(v.d, np.float32, copy=True) for k, v in self.params.items()}
+        self.peak = max(self.peak, len(self.rows))
+
+    def load(self, i: int) -> None:
+        for k, arr in self.rows[i].items():
+            self.params[k].d = arr
+
+    def drop_after(self, i: int) -> None:
+        """Free the rows after position i."""
+        for k in [k for k in self.rows if k > i]:
+            del self.rows[k]
 
 
 class StepParamsWriter:

@@ -7,6 +7,7 @@ may be smaller). Retrace and retraining replay training from it exactly.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -47,11 +48,24 @@ class StepRecord:
                    np.concatenate(batches).astype(np.int64),
                    np.concatenate(seeds).astype(np.int64))
 
+    def epoch_record(self, e: int) -> "StepRecord":
+        """The record of epoch e alone (what a last-epoch retrace or replay reads)."""
+        steps = self.steps_of_epoch(e)
+        a, b = self.offsets[steps[0]], self.offsets[steps[-1] + 1]
+        return StepRecord(self.epoch[steps], self.lr[steps], self.offsets[steps[0]:steps[-1] + 2] - a,
+                          self.indices[a:b], self.aug_seeds[a:b])
+
+    def to_bytes(self) -> bytes:
+        """The `.npz` file's bytes (`save` writes exactly these)."""
+        buf = io.BytesIO()
+        np.savez(buf, epoch=self.epoch, lr=self.lr, offsets=self.offsets, indices=self.indices,
+                 aug_seeds=self.aug_seeds)
+        return buf.getvalue()
+
     def save(self, path: str) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, epoch=self.epoch, lr=self.lr, offsets=self.offsets,
-                         indices=self.indices, aug_seeds=self.aug_seeds)
+                f.write(self.to_bytes())
 
     @classmethod
     def load(cls, path: str) -> "StepRecord":
@@ -63,6 +77,15 @@ class StepRecord:
                     and len(r.aug_seeds) == len(r.indices) and np.all(np.diff(r.offsets) >= 0)):
                 raise ValueError("its arrays do not fit together")
         return r
+
+
+def one_epoch_record_bytes(n: int, batch_size: int) -> int:
+    """Bytes of the `.npz` record of one epoch of n instances in batches of `batch_size`
+    (T = ceil(n / batch_size) steps): Table 1's projection of what a last-epoch replay reads."""
+    sizes = [min(batch_size, n - a) for a in range(0, n, batch_size)]
+    return len(StepRecord.from_batches([0] * len(sizes), [0.0] * len(sizes),
+                                       [np.zeros(k, np.int64) for k in sizes],
+                                       [np.zeros(k, np.int64) for k in sizes]).to_bytes())
 
 
 def epoch_batches(rng: np.random.Generator, n: int, batch_size: int, augment: bool = True):

@@ -6,7 +6,7 @@ Writes to the run folder `OUT/train/seed_<k>/`:
   step_record.npz            the step record (see step_record.py)
   params_epoch_<e>.h5        parameters after epoch e: 0 (for --retrain_all), K-1, K
   step_params_epoch_<K-1>.f32  Hara only: theta[t] of every step of the last epoch
-  cache_size.json            measured bytes of each method's stored parameters
+  cache_size.json            measured bytes of what each method keeps for its retrace
   train_log.csv              mean training loss per epoch
 """
 from __future__ import annotations
@@ -99,6 +99,17 @@ class SGD:
                             f"lower the learning rate (--lr)") from None
 
 
+def replay_steps(sgd: SGD, record: StepRecord, steps: Sequence[int], keep: Optional[np.ndarray] = None,
+                 before: Optional[Callable[[int], None]] = None) -> None:
+    """Redo the recorded steps `steps` in order (`SGD.replay`; with nothing removed training
+    itself, bit for bit on the CPU). `before(i)`, if given, is called with the model at theta
+    before steps[i] (a store keeps theta[t] there)."""
+    for i, t in enumerate(steps):
+        if before is not None:
+            before(i)
+        sgd.replay(record, t, keep)
+
+
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
           keep_step_params: bool, progress: bool = True, net: Callable = cnn,
           augment: bool = True, perturb_init: Optional[Sequence[int]] = None) -> None:
@@ -141,15 +152,25 @@ def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr:
             save_checkpoint(checkpoint_path(run_dir, e + 1))
     bar.close()
     write_text(os.path.join(run_dir, "train_log.csv"), "\n".join(log) + "\n")
-    write_cache_size(run_dir, epochs, keep_step_params)
+    write_cache_size(run_dir, epochs, keep_step_params, record)
     record.save(step_record_path(run_dir))  # last: marks the run as complete
 
 
-def write_cache_size(run_dir: str, epochs: int, hara: bool) -> None:
-    """Bytes each method must keep for its retrace, measured on disk."""
+def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) -> None:
+    """Bytes each method must keep for its retrace, measured on disk (the record: its `.npz` bytes).
+
+    Ours: theta[T] (params_epoch_<K>.h5). Hara: the per-step store theta[t] of the last epoch.
+    Replay: theta[K-1] and theta[T] (params_epoch_<K-1>.h5, params_epoch_<K>.h5) and the last
+    epoch's step record, from which it recomputes theta[t] (core/replay.py); the run's record
+    file holds every epoch (`step_record_file_bytes`)."""
     n_params = sum(v.size for v in nn.get_parameters(grad_only=False).values())
-    info = {"param_count": int(n_params), "param_bytes_float32": int(n_params) * 4,
-            "ours_bytes": os.path.getsize(checkpoint_path(run_dir, epochs))}
+    start, final = (os.path.getsize(checkpoint_path(run_dir, e)) for e in (epochs - 1, epochs))
+    last_record = len(record.epoch_record(epochs - 1).to_bytes())
+    info = {"param_count": int(n_params), "param_bytes_float32": int(n_params) * 4, "ours_bytes": final,
+            "replay_bytes": start + final + last_record,
+            "replay_parts": {"checkpoint_start": start, "checkpoint_final": final,
+                             "step_record_last_epoch": last_record},
+            "step_record_file_bytes": len(record.to_bytes()), "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
     if hara:
         size = os.path.getsize(step_params_path(run_dir, epochs - 1))
         info.update(hara_bytes=size, hara_steps=size // (4 * int(n_params)))

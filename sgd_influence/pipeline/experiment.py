@@ -33,7 +33,7 @@ from ..base.layout import noise_path, step_params_path, step_record_path
 from ..config.noise import write_flipped_csv
 from .runner import run_units
 from ..config.settings import (GPU_ENVIRONMENT, METHOD_SETTINGS, RESULT_SETTINGS, args_from_settings, build_parser,
-                       code_version, data_for, differences, set_context)
+                               code_version, data_for, differences, replay_budget, set_context)
 from ..core.train import train
 
 
@@ -53,12 +53,19 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
+    """Hara, Ours, Replay, TracIn_last: the retrace. Replay's report (self-check, copies held, steps
+    replayed, budget) goes to influence/Replay/replay_check_<seed>.json, before the influence CSV
+    that marks the unit done."""
     data = data_for(args, seed)
+    budget, source = replay_budget(args.replay_memory)
+    check = layout.replay_check_path(args.output_dir, method, seed)
     influence = retrace(data, layout.train_dir(args.output_dir, seed), batch_size=args.batch_size, progress=progress,
                         net=network.from_args(args), mode=args.retrace, bn_coupling=args.bn_coupling == "on",
+                        replay_memory=budget,
+                        on_replay=lambda report: layout.write_json(check, dict(report, memory_budget=source)),
                         **METHODS[method].retrace)
-    layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),
-                           data.train.ids, data.train.y, influence)
+    layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),  # last: marks the unit done
+                               data.train.ids, data.train.y, influence)
 
 
 def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
@@ -90,8 +97,9 @@ def influence_functions_unit(args, method: str, seed: int, progress: bool = True
 
 
 # Every method a driver can run (methods.DRIVER_METHODS): its unit writes its influence CSV.
-METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Influence_functions": influence_functions_unit,
-                "TracIn_last": retrace_unit, "Loss": loss_unit, "Random": random_unit}
+METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Replay": retrace_unit,
+                "Influence_functions": influence_functions_unit, "TracIn_last": retrace_unit, "Loss": loss_unit,
+                "Random": random_unit}
 
 
 def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) -> None:
