@@ -36,7 +36,10 @@ def run_units(units: List[tuple], args, desc: str, on_result: Optional[Callable]
                 on_result(u, value)
         return
     ctx = mp.get_context("spawn")
-    steps = ctx.Queue() if progress else None
+    # A SimpleQueue's put writes to the pipe before it returns (a Queue's is flushed later by a
+    # thread): a worker's last message is in the pipe before its unit's result reaches us, so
+    # the None put after the last result comes after every message.
+    steps = ctx.SimpleQueue() if progress else None
     bars = StepBars(progress)
     reader = threading.Thread(target=show_steps, args=(steps, bars), daemon=True) if steps else None
     pool = ProcessPoolExecutor(min(args.workers, len(units)), mp_context=ctx,
