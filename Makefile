@@ -14,7 +14,7 @@ DEMO_SETTINGS := -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 --lr
 # DEMO_EXTRA: more driver options, e.g. DEMO_EXTRA="--bn-coupling off"
 DEMO_EXTRA ?=
 DEMO_ARGS = -o $(DEMO_OUT) $(DEMO_SETTINGS) --n-test 2000 -nt $(DEMO_TRIALS) -r 0 10 30 100 300 $(PARALLEL) $(DEMO_EXTRA)
-# The fidelity yardstick at the demo's settings (docs/accuracy.md): LDS_TRIALS trainings, 5% and 50%
+# The fidelity yardstick at the demo's settings (docs/accuracy.md; about 2 h here): LDS_TRIALS trainings, 5% and 50%
 # removed, each method's mean LDS and every pair's paired difference over the trainings.
 # Influence functions are opt-in (about 7 min per training): LDS_METHODS="... Influence_functions".
 # LDS_EXTRA=--lds-twin adds the first seed's twin (theta[0] moved by a half-ulp).
