@@ -47,7 +47,7 @@ from ..base.errors import UserError, run_command
 from ..core.graphs import GraphCache, evaluate, flat, flat_trainable
 from ..core.infl import load_final_model, retrace, val_gradient
 from ..pipeline.runner import run_units
-from ..base.methods import DRIVER_METHODS, METHODS
+from ..base.methods import DRIVER_METHODS, METHODS, retrains_all
 from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
@@ -64,7 +64,8 @@ ESTIMATORS = tuple(METHODS)
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
 # LDS: every scoring method the drivers know, and Random (its LDS must come out near 0); not those that
 # compute another's scores (Replay: Hara's, byte for byte on the CPU), which --methods still accepts.
-LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None)
+# Nor Replay_all, whose counterfactual (retraining every epoch) is not the last-epoch truth measured here.
+LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None and METHODS[n].window == "last")
 # The settings an estimator's scores depend on beyond the training's: its own options, and the
 # seed where it draws random numbers.
 ESTIMATOR_SETTINGS = {n: m.settings + (("seed",) if m.seeded else ()) for n, m in METHODS.items()}
@@ -560,6 +561,9 @@ def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
                 "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
+    if args.methods and retrains_all(args.methods):
+        print("warning: Replay_all estimates retraining every epoch from theta[0]; the truths here retrain "
+              "the last epoch only", file=sys.stderr)
     if not args.lds:
         given = [k for k, v in lds_opts.items() if v is not None]
         if given:
