@@ -183,6 +183,10 @@ def test_driver_replay_all_warns_once_without_ra(idx_dir, tmp_path):
     check = layout.read_json(layout.replay_check_path(out, "Replay_all", 0))
     assert check["window"] == "all" and check["steps"] == 6 and check["final_check"]["equal"]  # 48 / 16 x 2 epochs
     assert not [f for _, _, fs in os.walk(out) for f in fs if "step_params" in f]
+    run_dir = layout.train_dir(out, 0)
+    cache = layout.read_json(os.path.join(run_dir, "cache_size.json"))
+    assert cache["replay_all_bytes"] == sum(os.path.getsize(layout.checkpoint_path(run_dir, e)) for e in (0, 2)) \
+        + os.path.getsize(layout.step_record_path(run_dir))
     shutil.rmtree(out)
     r = run(["-o", out, "--methods", "Replay_all", "-ra", "-r", "0"] + TINY_RUN[:-4], idx_dir)
     assert r.returncode == 0, r.stderr

@@ -195,7 +195,8 @@ def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) 
     Ours: theta[T] (params_epoch_<K>.h5). Hara: the per-step store theta[t] of the last epoch.
     Replay: theta[K-1] and theta[T] (params_epoch_<K-1>.h5, params_epoch_<K>.h5) and the last
     epoch's step record, from which it recomputes theta[t] (core/replay.py); the run's record
-    file holds every epoch (`step_record_file_bytes`)."""
+    file holds every epoch (`step_record_file_bytes`). Replay_all: theta[0], theta[T] and that
+    whole record (`replay_all_bytes`)."""
     n_params = sum(v.size for v in nn.get_parameters(grad_only=False).values())
     start, final = (os.path.getsize(checkpoint_path(run_dir, e)) for e in (epochs - 1, epochs))
     last_record = len(record.epoch_record(epochs - 1).to_bytes())
@@ -203,7 +204,9 @@ def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) 
             "replay_bytes": start + final + last_record,
             "replay_parts": {"checkpoint_start": start, "checkpoint_final": final,
                              "step_record_last_epoch": last_record},
-            "step_record_file_bytes": len(record.to_bytes()), "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
+            "step_record_file_bytes": len(record.to_bytes()),
+            "replay_all_bytes": os.path.getsize(checkpoint_path(run_dir, 0)) + final + len(record.to_bytes()),
+            "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
     if hara:
         size = os.path.getsize(step_params_path(run_dir, epochs - 1))
         info.update(hara_bytes=size, hara_steps=size // (4 * int(n_params)))
