@@ -191,3 +191,50 @@ def test_driver_replay_all_warns_once_without_ra(idx_dir, tmp_path):
     r = run(["-o", out, "--methods", "Replay_all", "-ra", "-r", "0"] + TINY_RUN[:-4], idx_dir)
     assert r.returncode == 0, r.stderr
     assert not [l for l in r.stderr.splitlines() if "Replay_all" in l], r.stderr
+
+
+# ------------------------------------------------------------ LDS, window all
+def test_lds_window_all_is_retraining_from_theta0_cached_apart(tmp_path, data):
+    """--lds --lds-window all: the truth retrains every epoch from theta[0] without S (paired replays
+    perturbed at theta[0]; nothing removed gives 0 exactly), cached apart from the last window's; each
+    block names its window and has the deterministic truth (replay 0 alone). On the tiny net without
+    batch norm at lr 0.01 Replay_all's sums rank these removals (LDS near 1)."""
+    from conftest import TINY
+    from sgd_influence.checks import lds
+    from sgd_influence.checks.validate import build_parser, check_args, run_lds
+    from sgd_influence.core.params import StepParamsReader
+
+    def lds_args(out, *extra):
+        args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
+                                          "--lr", "0.01", "--lds", "--retrace", "exact", *extra])
+        args.dataset = "tiny"
+        check_args(args)
+        return args
+
+    out = str(tmp_path / "v")
+    args = lds_args(out, "--lds-window", "all", "--lds-fraction", "0.25", "--lds-subsets", "10",
+                    "--methods", "Replay_all", "Replay", "Random")
+    summary = run_lds(args, lambda seed: tiny_data(seed=seed), net=TINY, progress=False)
+    block = summary["trainings"][0]["blocks"][0]
+    assert block["window"] == "all" and summary["settings"]["lds_window"] == "all"
+    ra = block["methods"]["Replay_all"]
+    assert ra["lds"] > 0.9 and ra["lds_deterministic_truth"] > 0.9, block
+    assert ra["lds_deterministic_truth"] == ra["lds_single_replay"]
+    cache = lds.cache_dir(out, lds.Training(0))
+    assert os.path.exists(lds.truths_path(cache, 0.25, "all")) and not os.path.exists(lds.truths_path(cache, 0.25))
+    assert os.path.exists(lds.baseline_path(cache, 1, "all")) and not os.path.exists(lds.baseline_path(cache, 0))
+
+    rep = lds.PairedReplays(tiny_data(seed=0), layout.train_dir(out, 0), cache, 8, seed=0, net=TINY, window="all")
+    assert len(rep.steps) == rep.record.n_steps == 8
+    assert rep.truth(np.array([], np.int64), 1) == 0.0
+    first = rep.record.batch(0)[0][:1]
+    assert rep.row[first][0] == 0 and (rep.row >= 0).all() and rep.row.max() < 4  # first appearance: epoch 0
+    starts = [StepParamsReader(rep.store_path(r)).arrays(0) for r in (0, 1)]
+    assert any(not np.array_equal(starts[0][k], starts[1][k]) for k in starts[0])  # replay 1: theta[0] perturbed
+    assert all(np.all(np.abs(starts[0][k] - starts[1][k]) <= np.abs(np.spacing(starts[0][k])) * 1.0000001)
+               for k in starts[0])
+
+    last = run_lds(lds_args(out, "--lds-fraction", "0.25", "--lds-subsets", "10", "--methods", "Replay", "Random"),
+                   lambda seed: tiny_data(seed=seed), net=TINY, progress=False)
+    assert last["trainings"][0]["blocks"][0]["window"] == "last"
+    assert os.path.exists(lds.truths_path(cache, 0.25)) and os.path.exists(lds.baseline_path(cache, 0))

@@ -469,7 +469,7 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
             subsets = [lds.subset(n, p, s, t.seed) for s in range(m)]
             g = {name: lds.predictions(scores[name], subsets) for name in args.methods}
             preds[t.name][p] = g
-            blocks[t.name].append(lds.lds_block(truths[t][p], g, p, n, t.seed))
+            blocks[t.name].append(lds.lds_block(truths[t][p], g, p, n, t.seed, args.lds_window))
             for s in range(m):
                 rows.append(",".join([t.name, str(t.seed), f"{p:g}", str(s), str(len(subsets[s])),
                                       repr(float(truths[t][p][s].mean()))]
@@ -484,7 +484,8 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                               "blocks": blocks[t.name], "errors": errors[t.name]} for t in trainings],
                "across_trainings": across, "twin": twin_rows,
                "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
-                            "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods)},
+                            "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods),
+                            "lds_window": args.lds_window},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
     layout.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
     layout.write_json(os.path.join(vdir, "lds.json"), summary)
@@ -505,13 +506,15 @@ def print_lds(summary: dict) -> None:
     for t in summary["trainings"]:
         for b in t["blocks"]:
             lo, hi = b["noise_ceiling_ci95"]
-            print(f"{t['training']}: {b['fraction']:g} removed ({b['subset_size']} instances), {b['subsets']} subsets, "
+            print(f"{t['training']}, {b.get('window', 'last')} window: {b['fraction']:g} removed "
+                  f"({b['subset_size']} instances), {b['subsets']} subsets, "
                   f"{b['replays']} paired replays: noise ceiling {b['noise_ceiling']:.3f} [{lo:.3f}, {hi:.3f}]")
             for name, r in b["methods"].items():
                 if r["lds"] is None:
                     print(f"  {name:<20} (no scores)")
                 else:
-                    print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]")
+                    print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]"
+                          f"   deterministic truth (replay 0 alone) {r['lds_deterministic_truth']:6.3f}")
     for row in summary["across_trainings"]:
         k = len(row["trainings"])
         print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "
@@ -560,8 +563,9 @@ def open_fraction(text: str) -> float:
 def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
+                "--lds-window": args.lds_window,
                 "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
-    if args.methods and retrains_all(args.methods):
+    if args.methods and retrains_all(args.methods) and not (args.lds and args.lds_window == "all"):
         print("warning: Replay_all estimates retraining every epoch from theta[0]; the truths here retrain "
               "the last epoch only", file=sys.stderr)
     if not args.lds:
@@ -570,7 +574,9 @@ def check_args(args) -> None:
             raise UserError(f"{', '.join(given)} only apply with --lds; add --lds")
         args.methods = list(args.methods or SINGLE_DEFAULT)
         return
-    args.methods = list(dict.fromkeys(args.methods or LDS_DEFAULT))
+    args.lds_window = args.lds_window or "last"
+    args.methods = list(dict.fromkeys(args.methods or (LDS_DEFAULT + (("Replay_all",) if args.lds_window == "all"
+                                                                       else ()))))
     args.lds_fraction = sorted(set(args.lds_fraction or LDS_FRACTIONS))
     args.lds_subsets = args.lds_subsets or LDS_SUBSETS
     args.noise_replays = args.noise_replays or LDS_REPLAYS
@@ -630,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-replays", type=positive_int, default=None, metavar="K",
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
+    g.add_argument("--lds-window", choices=lds.WINDOWS, default=None,
+                   help="the truth: retraining the last epoch from theta[K-1] (last, default) or every epoch from "
+                        "theta[0] (all: the drivers' -ra, Replay_all's counterfactual; the replays then perturb "
+                        "theta[0]); cached apart, each lds.json block names its window")
     g.add_argument("--trials", type=positive_int, default=None, metavar="K",
                    help="trainings to measure the LDS on: seeds --seed..--seed+K-1, each with its own scores, "
                         "subsets and replays; over them each method's mean LDS and every pair's paired "
