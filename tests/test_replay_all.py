@@ -129,6 +129,12 @@ def test_one_epoch_replay_all_is_replay_and_hara_byte_for_byte(data, tmp_path, m
                          **METHODS[name].retrace)
         out[name] = csv_bytes(str(tmp_path / f"{name}.csv"), data, scores)
     assert out["Replay_all"] == out["Replay"] == out["Hara"]
+    from sgd_influence.checks import validate  # validate_influence.py's estimator: the same scores, its check
+    vargs = validate.build_parser().parse_args(["-o", str(tmp_path), "-bs", "5", "--retrace", mode])
+    check = str(tmp_path / "check.json")
+    scores = validate.estimate("Replay_all", data, run_dir, vargs, TINY_BN, progress=False, replay_check=check)
+    assert csv_bytes(str(tmp_path / "validate.csv"), data, scores) == out["Hara"]
+    assert layout.read_json(check)["window"] == "all"
 
 
 def test_replay_all_within_a_small_budget_holds_min_KT_M_copies_and_replays_2KT_minus_M_steps(data, tmp_path):
