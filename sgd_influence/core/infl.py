@@ -32,6 +32,7 @@ share of the batch statistics) in every step, at w = 1: the first-order change o
 validation loss when j is removed from the whole training (w_j: 1 -> 0), the counterfactual of
 retraining from theta[0] without j (the drivers' -ra). Same sign convention as Hara's: with
 one epoch the two windows coincide and so do the scores.
+
 Both quantities of a step come from the same passes: `mode="fd"` (default) central
 differences along u on the network pinned to its ReLU/max-pool branches at theta
 (`FDRetraceGraph`, about 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
