@@ -187,7 +187,7 @@ def test_driver_replay_all_warns_once_without_ra(idx_dir, tmp_path):
     """--methods Replay_all Random without -ra: one warning line, the influence file and its replay check
     (window all, every epoch's steps), no per-step store; with -ra no warning."""
     out = str(tmp_path / "out")
-    r = run(["-o", out, "--methods", "Replay_all", "Random"] + TINY_RUN, idx_dir)
+    r = run(["-o", out, "--methods", "Replay_all", "Random", "--workers", "2"] + TINY_RUN, idx_dir)
     assert r.returncode == 0, r.stderr
     warned = [l for l in r.stderr.splitlines() if "Replay_all" in l]
     assert len(warned) == 1 and warned[0].startswith("warning:") and "-ra" in warned[0], r.stderr
@@ -250,3 +250,22 @@ def test_lds_window_all_is_retraining_from_theta0_cached_apart(tmp_path, data):
                    lambda seed: tiny_data(seed=seed), net=TINY, progress=False)
     assert last["trainings"][0]["blocks"][0]["window"] == "last"
     assert os.path.exists(lds.truths_path(cache, 0.25)) and os.path.exists(lds.baseline_path(cache, 0))
+
+
+def test_replay_all_on_a_dask_cluster_is_the_in_process_unit(idx_dir, tmp_path):
+    """--scheduler: Replay_all's unit on a worker writes the bytes the in-process driver writes."""
+    distributed = pytest.importorskip("distributed")
+    from sgd_influence.pipeline.experiment import main as driver_main
+    outs = {}
+    for name in ("local", "cluster"):
+        outs[name] = str(tmp_path / name)
+        argv = ["-ds", "fashion_mnist", "--data-dir", idx_dir, "-o", outs[name], "--methods", "Replay_all", "-ra",
+                "-r", "0"] + TINY_RUN[:-4]
+        if name == "local":
+            assert driver_main(argv, "test", "unused", ("Hara",)) == 0
+            continue
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as c:
+            assert driver_main(argv + ["--scheduler", c.scheduler_address], "test", "unused", ("Hara",)) == 0
+    local, cluster = (open(layout.influence_path(outs[n], "Replay_all", 0), "rb").read() for n in outs)
+    assert local == cluster
