@@ -12,12 +12,16 @@ peak resident memory (ru_maxrss) of the influence phase at each size. Replay (Ha
 scores, theta[t] replayed from the checkpoint instead of read) runs twice more at the
 larger size, as whole retraces in child processes like Hara's: in memory, and forced to
 checkpoint with the smallest budget its scheme accepts (core/replay.py: minimum_copies);
-`replay_over_hara` is each one's whole retrace over Hara's (same clock).
+`replay_over_hara` is each one's whole retrace over Hara's (same clock). Replay_all (every
+epoch retraced, theta[t] replayed from params_epoch_0.h5, in memory) and one training of the
+same settings (without Hara's store) run in child processes too: `replay_all_over_training`
+is Replay_all's whole call (replay + retrace) over that training (same clock).
 `--accuracy` adds full exact and finite-difference retraces and their agreement.
 
 Writes benchmarks/results/<label>.json and prints a table; the last lines are
     retrace_over_train_step=<x> naive_over_fast=<y> ...
     replay_over_hara=<in memory> replay_over_hara_checkpointed=<checkpointed>
+    replay_all_over_training=<x>
 On a CPU context the figures are process CPU seconds (other processes sharing the
 cores then slow the wall clock but hardly the figures); wall seconds and the load
 average are recorded too. On a GPU context the figures are wall seconds.
@@ -227,12 +231,21 @@ def child(spec: dict) -> None:
     args = argparse.Namespace(**spec["data"])
     data = load(args, spec["n_train"])
     marks, resident, reports = [Clock.now()], [], []
+    if spec["method"] == "train":  # one training, as the drivers run it (no per-step store)
+        from sgd_influence.core.train import train
+        train(data, spec["run_dir"], seed=0, epochs=spec["n_epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
+              keep_step_params=False, progress=False)
+        end = Clock.now()
+        with open(spec["out"], "w") as f:
+            json.dump({"whole": [end[0] - marks[0][0], end[1] - marks[0][1]], "n_train": len(data.train)}, f)
+        return
 
     def on_step(*_):
         marks.append(Clock.now())
         resident.append(resident_kib())
-    replay = {"trajectory": "replay", "replay_memory": spec.get("replay_memory"), "on_replay": reports.append} \
-        if spec["method"] == "Replay" else {}
+    replay = {"trajectory": "replay", "replay_memory": spec.get("replay_memory"), "on_replay": reports.append,
+              "window": "all" if spec["method"] == "Replay_all" else "last"} \
+        if spec["method"] in ("Replay", "Replay_all") else {}
     retrace(data, spec["run_dir"], "Hara" if replay else spec["method"], spec["batch_size"], progress=False,
             mode=spec["mode"], on_step=on_step, **replay)
     end = Clock.now()
@@ -276,6 +289,14 @@ def replay_runs(spec: dict, run_dir: str, n_train: int, workdir: str) -> Dict[st
     base = dict(spec, method="Replay", n_train=n_train, run_dir=run_dir)
     return {"in memory": run_child(base, workdir),
             "checkpointed": run_child(dict(base, replay_memory=minimum_copies(steps) * row), workdir)}
+
+
+def replay_all_runs(spec: dict, args, run_dir: str, workdir: str) -> Dict[str, dict]:
+    """Replay_all's whole retrace (in memory) and one training of the same settings, each in a child."""
+    base = dict(spec, n_train=args.n_train)
+    return {"Replay_all": run_child(dict(base, method="Replay_all", run_dir=run_dir), workdir),
+            "training": run_child(dict(base, method="train", run_dir=os.path.join(workdir, "run_timed_training"),
+                                       n_epochs=args.n_epochs, lr=args.lr), workdir)}
 
 
 # ------------------------------------------------------------ accuracy check
@@ -409,6 +430,7 @@ def main(argv=None) -> None:
                     fig[f"{method.lower()}_step"] = out["steps"]
                     whole[method] = out["whole"]
         replay = replay_runs(spec, runs[args.n_train], args.n_train, work)
+        replay_all = replay_all_runs(spec, args, runs[args.n_train], work)
         acc = {m: accuracy(data, runs[args.n_train], m, args.batch_size) for m in ("Ours", "Hara")} \
             if args.accuracy else None
     fig = {k: clock.stats(v) for k, v in fig.items()}
@@ -426,11 +448,16 @@ def main(argv=None) -> None:
            "naive_over_fast": fig["naive_step"]["figure"] / fig["ours_step"]["figure"],
            "resident_over_host_fd_step": fig["fd_resident_step"]["figure"] / fig["fd_graph_step"]["figure"],
            "whole_retrace_s": {"Hara": clock.stats([whole["Hara"]]),
-                               **{f"Replay {k}": clock.stats([r["whole"]]) for k, r in replay.items()}},
-           "replay_reports": {k: r["replay_report"] for k, r in replay.items()}}
+                               **{f"Replay {k}": clock.stats([r["whole"]]) for k, r in replay.items()},
+                               "Replay_all": clock.stats([replay_all["Replay_all"]["whole"]]),
+                               "one training": clock.stats([replay_all["training"]["whole"]])},
+           "replay_reports": {k: r["replay_report"] for k, r in replay.items()},
+           "replay_all_report": replay_all["Replay_all"]["replay_report"]}
     hara_s = res["whole_retrace_s"]["Hara"]["figure"]
     res["replay_over_hara"] = res["whole_retrace_s"]["Replay in memory"]["figure"] / hara_s
     res["replay_over_hara_checkpointed"] = res["whole_retrace_s"]["Replay checkpointed"]["figure"] / hara_s
+    res["replay_all_over_training"] = (res["whole_retrace_s"]["Replay_all"]["figure"]
+                                       / res["whole_retrace_s"]["one training"]["figure"])
     os.makedirs(results_dir, exist_ok=True)
     from sgd_influence.base.layout import write_json
     write_json(os.path.join(results_dir, f"{args.label}.json"), res)
@@ -445,6 +472,9 @@ def main(argv=None) -> None:
     print(f"replay_over_hara={res['replay_over_hara']:.2f} (in memory) "
           f"replay_over_hara_checkpointed={res['replay_over_hara_checkpointed']:.2f} "
           f"({cp['copies_held']} copies for T={cp['steps']}, {cp['steps_replayed']} steps replayed)")
+    ra = res["replay_all_report"]
+    print(f"replay_all_over_training={res['replay_all_over_training']:.2f} "
+          f"(Replay_all's replay + retrace over one training; {ra['steps']} steps, {ra['scheme']})")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, record_byte
 def replay_compute(folders: Sequence[Folder]) -> Optional[dict]:
     """Replay's retrace wall time over the same retrace without its replayed steps (an estimate of
     Replay / Hara), from the first influence/Replay/replay_check_<seed>.json of the folders."""
-    replaying = [n for n, m in METHODS.items() if m.replays]
+    replaying = [n for n, m in METHODS.items() if m.replays and m.window == "last"]  # not Replay_all's epochs
     for f in folders:
         for path in sorted(p for n in replaying for p in glob.glob(layout.replay_check_path(f.path, n, "*"))):
             r = layout.read_json(path)

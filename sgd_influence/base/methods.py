@@ -41,6 +41,12 @@ class Method:
         """Recomputes the last epoch's theta[t] by replaying it (core/replay.py)."""
         return bool(self.retrace) and self.retrace.get("trajectory") == "replay"
 
+    @property
+    def window(self) -> str:
+        """The steps its retrace walks back through: "last" (the last epoch), or "all" (every epoch,
+        theta[T] back to theta[0]); its counterfactual is then retraining from theta[0] (-ra)."""
+        return (self.retrace or {}).get("window", "last")
+
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("Hara", "hara", retrace=dict(method="Hara"), settings=RETRACE_SETTINGS, plot_rank=0),
@@ -48,6 +54,10 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     # Hara's scores at Ours' storage: theta[t] replayed from params_epoch_<K-1>.h5 (beyond both papers).
     Method("Replay", "replay", retrace=dict(method="Hara", trajectory="replay"), settings=RETRACE_SETTINGS,
            scores_of="Hara"),
+    # The retrace through every step of every epoch, theta[t] replayed from params_epoch_0.h5: the exact
+    # first-order effect of removing an instance from the whole training (its counterfactual is -ra).
+    Method("Replay_all", "replay_all", retrace=dict(method="Hara", trajectory="replay", window="all"),
+           settings=RETRACE_SETTINGS),
     Method("Influence_functions", "influence_functions", settings=IF_SETTINGS, seeded=True, plot_rank=2),
     Method("TracIn_last", "tracin_last", retrace=dict(method="Ours", retrace_u=False), settings=RETRACE_SETTINGS),
     Method("Loss", "loss"),
@@ -75,6 +85,11 @@ def sort_key(name: str) -> tuple:
 
 def is_control(name: str) -> bool:
     return name in METHODS and METHODS[name].control
+
+
+def retrains_all(names) -> bool:
+    """Whether any of these methods estimates the effect of retraining from theta[0] (window "all")."""
+    return any(METHODS[n].window == "all" for n in names if n in METHODS)
 
 
 def needs_step_params(names) -> bool:

@@ -30,6 +30,15 @@ all K replays is more reliable than either half; by Spearman-Brown its
 reliability is about 2c / (1 + c), and sqrt of that bounds the LDS a perfect
 estimator could reach against it (both reported, as approximations).
 
+Window (`--lds-window`, default "last"): with "all" the truth is retraining every epoch from
+theta[0] without S (recorded batches, seeds and learning rates; the gradient still divided by
+|S_t|: the drivers' -ra), the counterfactual Replay_all estimates; replay r then perturbs
+theta[0], so the noise ceiling is the one of that window (the float32 chaos of the whole
+training). Each block of lds.json names its window, and reports the Spearman against the
+unperturbed replay r = 0 alone (`lds_deterministic_truth`: the truth of one deterministic
+retraining, what a user who retrains once sees). The caches of the two windows are separate
+files (`replay_all_<r>.*`, `truths_all_p<fraction>.csv` for "all").
+
 Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
 every step (as Hara's per-step store, on disk: the units of other processes read
 it; train.replay_steps is the replay of training that Replay and retraining also
@@ -55,6 +64,7 @@ from ..core.graphs import GraphCache, evaluate, trainable_params
 from ..base.metrics import pearson, spearman, t_interval
 from ..core.params import StepParamsReader, StepParamsWriter, load_checkpoint
 from ..base.layout import checkpoint_path, step_record_path
+from ..core.replay import WINDOWS, window_start, window_steps
 from ..core.step_record import StepRecord
 from ..core.train import SGD, init_model, perturb_half_ulp, replay_steps
 
@@ -101,14 +111,19 @@ def predictions(scores: np.ndarray, subsets: List[np.ndarray]) -> np.ndarray:
 
 
 # --------------------------------------------------------------- replays
-def store_path(cache: str, r: int) -> str:
-    """theta^r[t] of every step of baseline replay r (a per-step store, params.StepParamsWriter)."""
-    return os.path.join(cache, f"replay_{r}.f32")
+def _tag(window: str) -> str:
+    assert window in WINDOWS, window
+    return "" if window == "last" else f"{window}_"
 
 
-def baseline_path(cache: str, r: int) -> str:
-    """L(theta^r[T]) of baseline replay r; written last, so it marks the replay done."""
-    return os.path.join(cache, f"replay_{r}.json")
+def store_path(cache: str, r: int, window: str = "last") -> str:
+    """theta^r[t] of every step of baseline replay r of the window (a per-step store, params.StepParamsWriter)."""
+    return os.path.join(cache, f"replay_{_tag(window)}{r}.f32")
+
+
+def baseline_path(cache: str, r: int, window: str = "last") -> str:
+    """L(theta^r[T]) of baseline replay r of the window; written last, so it marks the replay done."""
+    return os.path.join(cache, f"replay_{_tag(window)}{r}.json")
 
 
 def perturb(seed: int, r: int) -> None:
@@ -119,24 +134,26 @@ def perturb(seed: int, r: int) -> None:
 
 
 class PairedReplays:
-    """Baseline and counterfactual replays of the last epoch from perturbed starts."""
+    """Baseline and counterfactual replays of the window (the last epoch from theta[K-1], or all
+    epochs from theta[0]) from perturbed starts."""
 
     def __init__(self, data: Data, run_dir: str, store_dir: str, batch_size: int, seed: int,
-                 net: Callable = cnn):
-        self.data, self.run_dir, self.store_dir, self.seed = data, run_dir, store_dir, seed
+                 net: Callable = cnn, window: str = "last"):
+        self.data, self.run_dir, self.store_dir, self.seed, self.window = data, run_dir, store_dir, seed, window
         self.record = StepRecord.load(step_record_path(run_dir))
-        self.steps = self.record.steps_of_epoch(self.record.n_epochs - 1)
-        self.row = np.full(len(data.train), -1, np.int64)  # each instance's step position in the epoch
-        for k, t in enumerate(self.steps):
+        self.steps = window_steps(self.record, window)
+        self.start = window_start(self.record, window)
+        self.row = np.full(len(data.train), -1, np.int64)  # each instance's first step position in the window
+        for k, t in reversed(list(enumerate(self.steps))):
             self.row[self.record.batch(t)[0]] = k
         self.sgd = SGD(init_model(data, 0, batch_size, net), data)
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
 
     def store_path(self, r: int) -> str:
-        return store_path(self.store_dir, r)
+        return store_path(self.store_dir, r, self.window)
 
     def baseline_path(self, r: int) -> str:
-        return baseline_path(self.store_dir, r)
+        return baseline_path(self.store_dir, r, self.window)
 
     def val_loss(self) -> float:
         return evaluate(self.test_graphs, self.data.normalize, self.data.val)[0]
@@ -147,7 +164,7 @@ class PairedReplays:
         path = self.baseline_path(r)
         if os.path.exists(path):
             return float(layout.read_json(path)["val_loss"])
-        load_checkpoint(checkpoint_path(self.run_dir, self.record.n_epochs - 1))
+        load_checkpoint(checkpoint_path(self.run_dir, self.start))
         perturb(self.seed, r)
         writer = StepParamsWriter(self.store_path(r))
         replay_steps(self.sgd, self.record, self.steps, before=lambda i: writer.append())  # keeps theta^r[t]
@@ -168,8 +185,8 @@ class PairedReplays:
 
 
 # ------------------------------------------------------------ truth cache
-def truths_path(cache: str, fraction: float) -> str:
-    return os.path.join(cache, f"truths_p{fraction:g}.csv")
+def truths_path(cache: str, fraction: float, window: str = "last") -> str:
+    return os.path.join(cache, f"truths_{_tag(window)}p{fraction:g}.csv")
 
 
 def read_truths(path: str) -> Dict[tuple, float]:
@@ -199,16 +216,21 @@ def load_data(args, seed: int) -> Data:
     return load_dataset(args.dataset, seed, args.data_dir, args.n_train, args.n_val, 1)
 
 
+def window_of(args) -> str:
+    """--lds-window (default "last")."""
+    return getattr(args, "lds_window", None) or "last"
+
+
 def _replays(args, seed: int, twin: bool, load: Optional[Loader], net: Optional[Callable]) -> PairedReplays:
     """One PairedReplays per process, for the training last asked for (units come training-major)."""
     t = Training(seed, twin)
-    key = (args.output_dir, t)
+    key = (args.output_dir, t, window_of(args))
     if key not in _REPLAYS:
         data = load(seed) if load is not None else load_data(args, seed)
         _REPLAYS.clear()
         _REPLAYS[key] = PairedReplays(data, layout.train_dir(args.output_dir, seed, twin),
                                       cache_dir(args.output_dir, t), args.batch_size, seed,
-                                      net or network.from_args(args))
+                                      net or network.from_args(args), window_of(args))
     return _REPLAYS[key]
 
 
@@ -233,10 +255,11 @@ def compute_truths(args, trainings: Sequence[Training], load: Optional[Loader], 
                    progress: bool = True) -> Dict[Training, Dict[float, np.ndarray]]:
     """{training: {fraction: (M, K) array of truths}}, computing only what the caches lack; the
     units of all trainings run together (training-major, so a worker keeps one training loaded)."""
+    w = window_of(args)
     base_units = [(baseline_unit, t.seed, t.twin, r) for t in trainings for r in range(k)
-                  if not os.path.exists(baseline_path(cache_dir(args.output_dir, t), r))]
+                  if not os.path.exists(baseline_path(cache_dir(args.output_dir, t), r, w))]
     run_units(base_units, args, "LDS baseline replays", progress=progress, load=load, net=net)
-    done = {(t, p): read_truths(truths_path(cache_dir(args.output_dir, t), p)) for t in trainings for p in fractions}
+    done = {(t, p): read_truths(truths_path(cache_dir(args.output_dir, t), p, w)) for t in trainings for p in fractions}
     # Subset-major within a training: an interrupted run leaves about as many subsets done at every fraction.
     units = [(truth_unit, t.seed, t.twin, p, s, r) for t in trainings for s in range(m) for p in fractions
              for r in range(k) if (s, r) not in done[(t, p)]]
@@ -245,7 +268,7 @@ def compute_truths(args, trainings: Sequence[Training], load: Optional[Loader], 
         _, seed, twin, p, s, r = unit
         t = Training(seed, twin)
         done[(t, p)][(s, r)] = value
-        write_truths(truths_path(cache_dir(args.output_dir, t), p), done[(t, p)])
+        write_truths(truths_path(cache_dir(args.output_dir, t), p, w), done[(t, p)])
 
     run_units(units, args, "LDS counterfactual replays", keep, progress, load=load, net=net)
     return {t: {p: np.array([[done[(t, p)][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
@@ -266,13 +289,15 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], m: int, seed: int, n_boot: i
     return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) else [None, None]
 
 
-def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float, n: int, seed: int) -> dict:
-    """The lds.json block of one fraction: LDS per method with a bootstrap interval, and the ceiling."""
+def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float, n: int, seed: int,
+              window: str = "last") -> dict:
+    """The lds.json block of one fraction and window: LDS per method with a bootstrap interval, and the
+    ceiling; `lds_deterministic_truth` is the Spearman against the unperturbed replay r = 0 alone."""
     m, k = truths.shape
     mean = truths.mean(axis=1)
     c = noise_ceiling(truths)
     rel = 2 * c / (1 + c) if c > 0 else 0.0
-    block = {"fraction": fraction, "subset_size": subset_size(n, fraction), "subsets": m, "replays": k,
+    block = {"window": window, "fraction": fraction, "subset_size": subset_size(n, fraction), "subsets": m, "replays": k,
              "noise_ceiling": c,
              "noise_ceiling_ci95": bootstrap_ci(lambda i: noise_ceiling(truths[i]), m, seed),
              "noise_ceiling_how": "Spearman over the subsets between the truth averaged over the even-numbered "
@@ -289,6 +314,7 @@ def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float,
             "lds": spearman(g, mean),
             "lds_ci95": bootstrap_ci(lambda i: spearman(g[i], mean[i]), m, seed),
             "lds_single_replay": spearman(g, truths[:, 0]),
+            "lds_deterministic_truth": spearman(g, truths[:, 0]),  # replay 0: theta unperturbed
             "pearson": pearson(g, mean),
             "prediction_sd": float(g.std()),
         }

@@ -47,7 +47,7 @@ from ..base.errors import UserError, run_command
 from ..core.graphs import GraphCache, evaluate, flat, flat_trainable
 from ..core.infl import load_final_model, retrace, val_gradient
 from ..pipeline.runner import run_units
-from ..base.methods import DRIVER_METHODS, METHODS
+from ..base.methods import DRIVER_METHODS, METHODS, retrains_all
 from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreement, spearman
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
@@ -64,7 +64,8 @@ ESTIMATORS = tuple(METHODS)
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
 # LDS: every scoring method the drivers know, and Random (its LDS must come out near 0); not those that
 # compute another's scores (Replay: Hara's, byte for byte on the CPU), which --methods still accepts.
-LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None)
+# Nor Replay_all, whose counterfactual (retraining every epoch) is not the last-epoch truth measured here.
+LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None and METHODS[n].window == "last")
 # The settings an estimator's scores depend on beyond the training's: its own options, and the
 # seed where it draws random numbers.
 ESTIMATOR_SETTINGS = {n: m.settings + (("seed",) if m.seeded else ()) for n, m in METHODS.items()}
@@ -468,7 +469,7 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
             subsets = [lds.subset(n, p, s, t.seed) for s in range(m)]
             g = {name: lds.predictions(scores[name], subsets) for name in args.methods}
             preds[t.name][p] = g
-            blocks[t.name].append(lds.lds_block(truths[t][p], g, p, n, t.seed))
+            blocks[t.name].append(lds.lds_block(truths[t][p], g, p, n, t.seed, args.lds_window))
             for s in range(m):
                 rows.append(",".join([t.name, str(t.seed), f"{p:g}", str(s), str(len(subsets[s])),
                                       repr(float(truths[t][p][s].mean()))]
@@ -483,7 +484,8 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                               "blocks": blocks[t.name], "errors": errors[t.name]} for t in trainings],
                "across_trainings": across, "twin": twin_rows,
                "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
-                            "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods)},
+                            "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods),
+                            "lds_window": args.lds_window},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
     layout.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
     layout.write_json(os.path.join(vdir, "lds.json"), summary)
@@ -504,13 +506,15 @@ def print_lds(summary: dict) -> None:
     for t in summary["trainings"]:
         for b in t["blocks"]:
             lo, hi = b["noise_ceiling_ci95"]
-            print(f"{t['training']}: {b['fraction']:g} removed ({b['subset_size']} instances), {b['subsets']} subsets, "
+            print(f"{t['training']}, {b.get('window', 'last')} window: {b['fraction']:g} removed "
+                  f"({b['subset_size']} instances), {b['subsets']} subsets, "
                   f"{b['replays']} paired replays: noise ceiling {b['noise_ceiling']:.3f} [{lo:.3f}, {hi:.3f}]")
             for name, r in b["methods"].items():
                 if r["lds"] is None:
                     print(f"  {name:<20} (no scores)")
                 else:
-                    print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]")
+                    print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]"
+                          f"   deterministic truth (replay 0 alone) {r['lds_deterministic_truth']:6.3f}")
     for row in summary["across_trainings"]:
         k = len(row["trainings"])
         print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "
@@ -559,14 +563,20 @@ def open_fraction(text: str) -> float:
 def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
+                "--lds-window": args.lds_window,
                 "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
+    if args.methods and retrains_all(args.methods) and not (args.lds and args.lds_window == "all"):
+        print("warning: Replay_all estimates retraining every epoch from theta[0]; the truths here retrain "
+              "the last epoch only", file=sys.stderr)
     if not args.lds:
         given = [k for k, v in lds_opts.items() if v is not None]
         if given:
             raise UserError(f"{', '.join(given)} only apply with --lds; add --lds")
         args.methods = list(args.methods or SINGLE_DEFAULT)
         return
-    args.methods = list(dict.fromkeys(args.methods or LDS_DEFAULT))
+    args.lds_window = args.lds_window or "last"
+    args.methods = list(dict.fromkeys(args.methods or (LDS_DEFAULT + (("Replay_all",) if args.lds_window == "all"
+                                                                       else ()))))
     args.lds_fraction = sorted(set(args.lds_fraction or LDS_FRACTIONS))
     args.lds_subsets = args.lds_subsets or LDS_SUBSETS
     args.noise_replays = args.noise_replays or LDS_REPLAYS
@@ -626,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--noise-replays", type=positive_int, default=None, metavar="K",
                    help=f"paired replays per subset, each from theta[K-1] perturbed by a seeded half-ulp "
                         f"(replay 0: none); at least 2, for the noise ceiling (default: {LDS_REPLAYS})")
+    g.add_argument("--lds-window", choices=lds.WINDOWS, default=None,
+                   help="the truth: retraining the last epoch from theta[K-1] (last, default) or every epoch from "
+                        "theta[0] (all: the drivers' -ra, Replay_all's counterfactual; the replays then perturb "
+                        "theta[0]); cached apart, each lds.json block names its window")
     g.add_argument("--trials", type=positive_int, default=None, metavar="K",
                    help="trainings to measure the LDS on: seeds --seed..--seed+K-1, each with its own scores, "
                         "subsets and replays; over them each method's mean LDS and every pair's paired "

@@ -115,11 +115,11 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                    help="flip the labels of round(P * n_train) training instances to another random class "
                         "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
-                   help="how Hara, Ours, Replay and TracIn_last take each step's Hessian-vector product and per-sample "
+                   help="how Hara, Ours, Replay, Replay_all and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
                         "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
-                   help="Hara, Ours, Replay, TracIn_last with batch norm: the per-sample derivative includes the "
+                   help="Hara, Ours, Replay, Replay_all, TracIn_last with batch norm: the per-sample derivative includes the "
                         "change of the batch statistics that removing the sample causes (on: the retrace's batch norm "
                         "weights its statistics by the per-sample weights) or holds them fixed (off: the convention "
                         "before)")
@@ -148,8 +148,8 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
 def add_replay_memory(p: argparse.ArgumentParser) -> None:
     """--replay-memory MB (the drivers, validate_influence.py, the benchmark)."""
     p.add_argument("--replay-memory", type=positive_float, default=None, metavar="MB",
-                   help=f"Replay: memory for its copies of the last epoch's parameters theta[t], in MB (10^6 "
-                        f"bytes); all T in memory when they fit, else checkpoints and re-replayed segments "
+                   help=f"Replay (Replay_all): memory for its copies of the last epoch's (every epoch's) parameters "
+                        f"theta[t], in MB (10^6 bytes); all in memory when they fit, else checkpoints and re-replayed segments "
                         f"(default: {REPLAY_MEMORY_FRACTION:.0%} of the memory available when its unit starts)")
 
 

@@ -19,6 +19,20 @@ Ours at theta = theta[T] (final parameters only). Where theta[t] comes from is a
 (`trajectory="stored"`), or, for the method Replay (`trajectory="replay"`), the last
 epoch replayed from params_epoch_<K-1>.h5 and the step record, in memory or from
 checkpoints within a memory budget (replay.py); the walk back below is the same code.
+
+Replay_all (`window="all"`, replayed trajectory only) runs the same loop over every step of
+every epoch, t = KT-1 down to 0, theta[t] replayed from params_epoch_0.h5. Instance j then
+collects a term at each of its K appearances (its recorded augmentation seed at each):
+
+    L_{-j} = sum_{t: j in S_t} eta_t/|S_t| <u_{t+1}, g(z_j; theta[t])>,
+    u_{t+1} = (I - eta_{t+1} H_{t+1}) ... (I - eta_{KT-1} H_{KT-1}) u,
+
+which is -dL(theta[T])/dw_j with w_j the weight of j's loss (and, with `bn_coupling`, of its
+share of the batch statistics) in every step, at w = 1: the first-order change of the
+validation loss when j is removed from the whole training (w_j: 1 -> 0), the counterfactual of
+retraining from theta[0] without j (the drivers' -ra). Same sign convention as Hara's: with
+one epoch the two windows coincide and so do the scores.
+
 Both quantities of a step come from the same passes: `mode="fd"` (default) central
 differences along u on the network pinned to its ReLU/max-pool branches at theta
 (`FDRetraceGraph`, about 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
@@ -60,7 +74,7 @@ from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device
 from ..base.layout import step_params_path, step_record_path
 from .params import StepParams, StepParamsReader
 from ..base.progress import bar as step_bar
-from .replay import ReplayedTrajectory
+from .replay import WINDOWS, ReplayedTrajectory, window_steps
 from .step_record import StepRecord
 from .train import load_model
 
@@ -104,13 +118,13 @@ def dots_one_at_a_time(graph: LossGraph, params: List, x: np.ndarray, y: np.ndar
 
 def step_parameters(data: Data, run_dir: str, record: StepRecord, method: str, trajectory: str, batch_size: int,
                     net: Callable = cnn, replay_memory: Optional[int] = None,
-                    progress: bool = True) -> Optional[StepParams]:
+                    progress: bool = True, window: str = "last") -> Optional[StepParams]:
     """Create the model's variables with theta[T] in them, and return what gives theta[t] of the last
     epoch: Hara's per-step store (`trajectory="stored"`), a `ReplayedTrajectory` that has replayed
     the epoch (`"replay"`: theta[T] is then the replayed one, checked against the stored), or None
-    for Ours (theta[T] throughout)."""
+    for Ours (theta[T] throughout). `window="all"` (replay only): theta[t] of every step of every epoch."""
     if method == "Hara" and trajectory == "replay":
-        replayed = ReplayedTrajectory(data, run_dir, record, batch_size, net, replay_memory, progress)
+        replayed = ReplayedTrajectory(data, run_dir, record, batch_size, net, replay_memory, progress, window)
         replayed.replay_window()
         return replayed
     load_final_model(data, run_dir, record.n_epochs, batch_size, net)
@@ -121,8 +135,10 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             net: Callable = cnn, *, mode: str = "fd", bn_coupling: bool = True, retrace_u: bool = True,
             hu_over_batch: bool = False, sample_grads_alone: bool = False,
             on_step: Optional[Callable] = None, resident: Optional[bool] = None, trajectory: str = "stored",
-            replay_memory: Optional[int] = None, on_replay: Optional[Callable[[dict], None]] = None) -> np.ndarray:
-    """Influence of every training instance (last-epoch setting), shape (n_train,).
+            replay_memory: Optional[int] = None, on_replay: Optional[Callable[[dict], None]] = None,
+            window: str = "last") -> np.ndarray:
+    """Influence of every training instance, shape (n_train,): last-epoch setting (`window="last"`),
+    or, with `trajectory="replay"`, all epochs (`window="all"`, the method Replay_all).
 
     `mode`: "fd" or "exact" (module docstring).
     `bn_coupling`: the per-sample derivative includes the change of the batch-norm
@@ -139,14 +155,17 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     the method Replay; on the CPU the same scores bit for bit), within `replay_memory` bytes of
     parameter copies (None: no limit); `on_replay(report)`, if given, receives the replay's
     report at the end (replay.ReplayedTrajectory.report, with the retrace's wall seconds).
+    `window`: the steps walked back through, "last" (the last epoch) or "all" (every step of every
+    epoch, theta[T] back to theta[0]; only with `trajectory="replay"`): the same loop either way.
     """
     assert method in RETRACE_METHODS and mode in RETRACE_MODES and trajectory in TRAJECTORIES, \
         (method, mode, trajectory)
     assert trajectory == "stored" or method == "Hara", (method, trajectory)
+    assert window in WINDOWS and (window == "last" or trajectory == "replay"), (window, trajectory)
     started = time.perf_counter()
     record = StepRecord.load(step_record_path(run_dir))
-    last = record.n_epochs - 1
-    at_step = step_parameters(data, run_dir, record, method, trajectory, batch_size, net, replay_memory, progress)
+    at_step = step_parameters(data, run_dir, record, method, trajectory, batch_size, net, replay_memory, progress,
+                              window)
     u = val_gradient(data, net=net)
     if on_device() if resident is None else resident:
         u = to_device(u)
@@ -155,7 +174,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     graphs = {}
     alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
-    steps = record.steps_of_epoch(last)
+    steps = window_steps(record, window)
     for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
         if at_step is not None:
             at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed

@@ -1,4 +1,4 @@
-"""Replay: theta[t] of the last epoch recomputed, not stored (beyond both papers).
+"""Replay, Replay_all: theta[t] of the last epoch (or of all epochs) recomputed, not stored (beyond both papers).
 
 Hara's retrace needs theta[t] at every step t of the last epoch; Hara stores them
 (|theta| x T). Training here is a deterministic function of theta[K-1]
@@ -32,6 +32,13 @@ memory, at most M of them, M = the memory budget // the bytes of one row:
   range below that minimum, at more than 2T steps; at the paper's scale (MNIST, T = 1,563)
   the minimum is 78 copies, 96 MB of this network: not worth a tree here. A budget below
   the minimum is a UserError naming the --replay-memory to give.
+
+Window "all" (the method Replay_all): the same scheme over the whole training, its K*T steps
+read as one window (T above := K*T), replayed from theta[0] (params_epoch_0.h5, which training
+already keeps). Kept on disk: params_epoch_0.h5, params_epoch_<K>.h5 (the self-check) and the
+step record of every epoch; recomputed: theta[t] of every step, within the same budget M, so
+copies held = min(KT, M) and steps replayed = 2KT - min(KT, M) (M >= minimum_copies(KT),
+about 2 sqrt(KT)). Nothing per step is written to disk.
 
 Self-check: after the first replay the model holds the recomputed theta[T], which is
 compared with the stored params_epoch_<K>.h5. On the CPU they are equal; where they are
@@ -105,7 +112,7 @@ class ReplayPlan:
         return self.steps + (self.steps - self.tail - len(self.checkpoints))
 
 
-def plan(steps: int, copies: int, bytes_per_copy: int = 0) -> ReplayPlan:
+def plan(steps: int, copies: int, bytes_per_copy: int = 0, what: str = "of the last epoch") -> ReplayPlan:
     """The plan for T = `steps` steps with at most M = `copies` rows (module docstring); a budget
     below `minimum_copies` is a UserError (`bytes_per_copy` sizes its message)."""
     if copies >= steps:
@@ -114,7 +121,7 @@ def plan(steps: int, copies: int, bytes_per_copy: int = 0) -> ReplayPlan:
     if copies < need:
         mb = lambda k: f"{k * bytes_per_copy / 1e6:.4g} MB"  # noqa: E731
         raise UserError(f"the Replay memory budget holds {copies} copies of the parameters ({mb(1)} each), "
-                        f"fewer than the {need} needed to replay the {steps} steps of the last epoch; "
+                        f"fewer than the {need} needed to replay the {steps} steps {what}; "
                         f"give --replay-memory {math.ceil(need * bytes_per_copy / 1e6)} or more (MB)")
     c, _ = _best_segments(steps - copies)
     tail = copies - c
@@ -123,23 +130,42 @@ def plan(steps: int, copies: int, bytes_per_copy: int = 0) -> ReplayPlan:
 
 
 # ------------------------------------------------------------ the trajectory
+WINDOWS = ("last", "all")  # the steps a retrace walks back through: the last epoch, or the whole training
+
+
+def window_start(record: StepRecord, window: str) -> int:
+    """The epoch whose starting checkpoint params_epoch_<e>.h5 opens the window: K-1 ("last") or 0 ("all")."""
+    assert window in WINDOWS, window
+    return record.n_epochs - 1 if window == "last" else 0
+
+
+def window_steps(record: StepRecord, window: str) -> np.ndarray:
+    """The window's steps in training order: the last epoch's ("last") or all K*T ("all")."""
+    return record.steps_of_epoch(record.n_epochs - 1) if window == "last" else np.arange(record.n_steps)
+
+
 class ReplayedTrajectory:
-    """theta[t] of the last epoch by replay from params_epoch_<K-1>.h5 and the step record
-    (a `params.StepParams`; module docstring). `replay_window()` first, then `load(i)` for
-    i = T-1 down to 0. Counts the rows held (`rows.peak`) and the steps replayed."""
+    """theta[t] of a window of steps by replay from the window's starting checkpoint and the step
+    record (a `params.StepParams`; module docstring): the last epoch from params_epoch_<K-1>.h5
+    (`window="last"`, the method Replay), or the whole training, all K epochs as one window of
+    K*T steps, from params_epoch_0.h5 (`window="all"`, the method Replay_all; the same scheme with
+    T read as K*T: copies held min(K*T, M), steps replayed 2KT - min(K*T, M)). `replay_window()`
+    first, then `load(i)` for i = (steps in the window) - 1 down to 0. Counts the rows held
+    (`rows.peak`) and the steps replayed."""
 
     def __init__(self, data: Data, run_dir: str, record: StepRecord, batch_size: int, net: Callable = cnn,
-                 memory_bytes: Optional[int] = None, progress: bool = True):
-        """Create the model's variables with theta[K-1] in them. `memory_bytes`: the budget for
-        rows (None: no limit, all in memory)."""
-        self.run_dir, self.record, self.progress = run_dir, record, progress
+                 memory_bytes: Optional[int] = None, progress: bool = True, window: str = "last"):
+        """Create the model's variables with theta at the window's start in them. `memory_bytes`:
+        the budget for rows (None: no limit, all in memory)."""
+        self.run_dir, self.record, self.progress, self.window = run_dir, record, progress, window
         self.last = record.n_epochs - 1
-        self.steps = record.steps_of_epoch(self.last)
-        self.sgd = SGD(load_model(data, run_dir, self.last, batch_size, net), data)
+        self.steps = window_steps(record, window)
+        self.sgd = SGD(load_model(data, run_dir, window_start(record, window), batch_size, net), data)
         self.row_bytes = row_bytes()
         self.memory_bytes = memory_bytes
         copies = len(self.steps) if memory_bytes is None else int(memory_bytes // self.row_bytes)
-        self.plan = plan(len(self.steps), copies, self.row_bytes)
+        self.plan = plan(len(self.steps), copies, self.row_bytes,
+                         "of the last epoch" if window == "last" else f"of all {record.n_epochs} epochs")
         self.rows = ParamRows()
         self.steps_replayed, self.replay_seconds = 0, 0.0
         self.final_check: dict = {}
@@ -154,13 +180,14 @@ class ReplayedTrajectory:
                 self.rows.keep(first + k)
         steps = self.steps[first:stop]
         if progress:
-            steps = step_bar(steps, desc="replay last epoch", unit="step")
+            steps = step_bar(steps, desc="replay last epoch" if self.window == "last" else "replay all epochs",
+                             unit="step")
         replay_steps(self.sgd, self.record, steps, before=before)
         self.steps_replayed += stop - first
         self.replay_seconds += time.perf_counter() - start
 
     def replay_window(self) -> dict:
-        """The first replay, theta[K-1] -> theta[T] (left in the model), keeping the plan's rows
+        """The first replay, theta[K-1] (window "all": theta[0]) -> theta[T] (left in the model), keeping the plan's rows
         (checkpoints and tail); then the self-check against params_epoch_<K>.h5 (returned, and
         kept in `final_check`)."""
         p = self.plan
@@ -205,14 +232,14 @@ class ReplayedTrajectory:
         if differing:
             warn(f"the replayed final parameters differ from {path} in {differing} of {total} values "
                  f"(largest relative difference {worst:.3g}, in {where}): the replay is not bit-exact here "
-                 f"(on a GPU: nondeterministic kernels); Replay's scores use the replayed trajectory throughout")
+                 f"(on a GPU: nondeterministic kernels); the scores use the replayed trajectory throughout")
         return check
 
     def report(self) -> dict:
         """What the replay held and did, with the scheme's formulas beside the counts, and the self-check."""
         p = self.plan
         m = min(p.steps, p.copies)
-        return {"scheme": "in memory" if p.in_memory else "checkpointed", "steps": p.steps,
+        return {"window": self.window, "scheme": "in memory" if p.in_memory else "checkpointed", "steps": p.steps,
                 "row_bytes": self.row_bytes, "memory_budget_bytes": self.memory_bytes, "copies_budget": p.copies,
                 "checkpoints": len(p.checkpoints), "tail_rows": p.tail,
                 "copies_held": self.rows.peak, "copies_held_formula_min_T_M": m,

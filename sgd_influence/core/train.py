@@ -21,7 +21,7 @@ import nnabla.solvers as S
 from datasets import Data
 from models import cnn
 from ..base.errors import UserError
-from .graphs import GraphCache, trainable_params
+from .graphs import GraphCache, LossGraph, trainable_params
 from ..base.layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
 from .params import StepParamsWriter, load_checkpoint, save_checkpoint
 from ..base.progress import bar as step_bar
@@ -61,12 +61,38 @@ class SGD:
 
     `step` takes the batch's kept indices and the recorded batch size: a
     retraining that removes instances still divides by the full |S_t|.
+    `replay(..., weights=w)` instead weights each instance's loss by a real w_i (the
+    derivative checks of tests/test_replay_all.py).
     """
 
     def __init__(self, cache: GraphCache, data: Data):
         self.cache, self.data = cache, data
         self.solver = S.Sgd(lr=0.0)
         self.solver.set_parameters(trainable_params())
+        self._weighted: dict = {}  # batch size -> LossGraph with batch-norm statistics weighted by w
+
+    def weighted_step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int,
+                      w: np.ndarray) -> float:
+        """One step on the loss sum_i w_i l_i / batch_size, the training-mode batch norm's statistics
+        weighted by the same w (batch_norm.py: w_j = 0 is the removal of j, as in the retrace with
+        bn_coupling); the running statistics are not updated."""
+        n = len(indices)
+        if n not in self._weighted:
+            self._weighted[n] = LossGraph(n, self.data.image_shape, self.data.n_classes, test=False,
+                                          net=self.cache.net, bn_coupling=True)
+        g = self._weighted[n]
+        x, y = self.data.train_batch(indices, seeds)
+        g.feed(x, y, 1.0)
+        g.w.d = np.asarray(w, np.float64) / batch_size
+        g.loss.forward(clear_no_need_grad=True)
+        loss = float(g.loss.d)
+        if not np.isfinite(loss):
+            raise FloatingPointError
+        self.solver.zero_grad()
+        g.loss.backward(clear_buffer=True)
+        self.solver.set_learning_rate(lr)
+        self.solver.update()
+        return loss
 
     def step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int) -> float:
         if len(indices) == 0:  # every instance of the batch was removed
@@ -84,14 +110,20 @@ class SGD:
         self.solver.update()
         return loss * batch_size / len(indices)
 
-    def replay(self, record: StepRecord, t: int, keep: np.ndarray | None = None) -> float:
-        """Redo recorded step t, skipping instances where `keep` is False."""
+    def replay(self, record: StepRecord, t: int, keep: np.ndarray | None = None,
+               weights: np.ndarray | None = None) -> float:
+        """Redo recorded step t, skipping instances where `keep` is False; with `weights` (one real
+        per training instance, instead of `keep`) every instance of the batch stays, its loss and its
+        share of the batch statistics weighted by weights[i] (`weighted_step`)."""
         idx, seeds = record.batch(t)
         full_size = len(idx)
         if keep is not None:
             mask = keep[idx]
             idx, seeds = idx[mask], seeds[mask]
         try:
+            if weights is not None:
+                assert keep is None
+                return self.weighted_step(idx, seeds, float(record.lr[t]), full_size, weights[idx])
             return self.step(idx, seeds, float(record.lr[t]), full_size)
         except FloatingPointError:
             e = int(record.epoch[t])
@@ -100,14 +132,15 @@ class SGD:
 
 
 def replay_steps(sgd: SGD, record: StepRecord, steps: Sequence[int], keep: Optional[np.ndarray] = None,
-                 before: Optional[Callable[[int], None]] = None) -> None:
+                 before: Optional[Callable[[int], None]] = None, weights: Optional[np.ndarray] = None) -> None:
     """Redo the recorded steps `steps` in order (`SGD.replay`; with nothing removed training
     itself, bit for bit on the CPU). `before(i)`, if given, is called with the model at theta
-    before steps[i] (a store keeps theta[t] there)."""
+    before steps[i] (a store keeps theta[t] there). `weights`: real per-instance loss weights
+    (`SGD.replay`) instead of `keep`."""
     for i, t in enumerate(steps):
         if before is not None:
             before(i)
-        sgd.replay(record, t, keep)
+        sgd.replay(record, t, keep, weights)
 
 
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
@@ -162,7 +195,8 @@ def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) 
     Ours: theta[T] (params_epoch_<K>.h5). Hara: the per-step store theta[t] of the last epoch.
     Replay: theta[K-1] and theta[T] (params_epoch_<K-1>.h5, params_epoch_<K>.h5) and the last
     epoch's step record, from which it recomputes theta[t] (core/replay.py); the run's record
-    file holds every epoch (`step_record_file_bytes`)."""
+    file holds every epoch (`step_record_file_bytes`). Replay_all: theta[0], theta[T] and that
+    whole record (`replay_all_bytes`)."""
     n_params = sum(v.size for v in nn.get_parameters(grad_only=False).values())
     start, final = (os.path.getsize(checkpoint_path(run_dir, e)) for e in (epochs - 1, epochs))
     last_record = len(record.epoch_record(epochs - 1).to_bytes())
@@ -170,7 +204,9 @@ def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) 
             "replay_bytes": start + final + last_record,
             "replay_parts": {"checkpoint_start": start, "checkpoint_final": final,
                              "step_record_last_epoch": last_record},
-            "step_record_file_bytes": len(record.to_bytes()), "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
+            "step_record_file_bytes": len(record.to_bytes()),
+            "replay_all_bytes": os.path.getsize(checkpoint_path(run_dir, 0)) + final + len(record.to_bytes()),
+            "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
     if hara:
         size = os.path.getsize(step_params_path(run_dir, epochs - 1))
         info.update(hara_bytes=size, hara_steps=size // (4 * int(n_params)))

@@ -28,7 +28,7 @@ from ..base.errors import UserError, run_command
 from .cluster import run_phases
 from ..core.eval import retrain
 from ..core.infl import load_final_model, retrace, val_gradient
-from ..base.methods import METHODS, needs_step_params
+from ..base.methods import METHODS, needs_step_params, retrains_all
 from ..base.layout import noise_path, step_params_path, step_record_path
 from ..config.noise import write_flipped_csv
 from .runner import run_units
@@ -53,8 +53,8 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
-    """Hara, Ours, Replay, TracIn_last: the retrace. Replay's report (self-check, copies held, steps
-    replayed, budget) goes to influence/Replay/replay_check_<seed>.json, before the influence CSV
+    """Hara, Ours, Replay, Replay_all, TracIn_last: the retrace. Replay's and Replay_all's report (self-check,
+    copies held, steps replayed, budget) goes to influence/<Method>/replay_check_<seed>.json, before the influence CSV
     that marks the unit done."""
     data = data_for(args, seed)
     budget, source = replay_budget(args.replay_memory)
@@ -97,7 +97,7 @@ def influence_functions_unit(args, method: str, seed: int, progress: bool = True
 
 
 # Every method a driver can run (methods.DRIVER_METHODS): its unit writes its influence CSV.
-METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Replay": retrace_unit,
+METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Replay": retrace_unit, "Replay_all": retrace_unit,
                 "Influence_functions": influence_functions_unit, "TracIn_last": retrace_unit, "Loss": loss_unit,
                 "Random": random_unit}
 
@@ -180,6 +180,9 @@ def run_experiment(args) -> None:
     if skipped:
         print(f"warning: skipping removal sizes >= the training set ({n_train}): {skipped}", file=sys.stderr)
     sizes = [n for n in sizes if n < n_train]
+    if retrains_all(args.methods) and not args.retrain_all:
+        print("warning: Replay_all estimates retraining every epoch from theta[0] without the removed instances, "
+              "but without -ra the retraining redoes only the last epoch", file=sys.stderr)
     network.checked(args, data.image_shape, data.n_classes)
     try:
         os.makedirs(args.output_dir, exist_ok=True)
