@@ -170,7 +170,15 @@ def test_table1_projection_exact(single):
         assert abs(v / paper[(ds, c)] - 1) < 0.01 and float(r["float32_vs_paper"]) == pytest.approx(
             v / paper[(ds, c)] - 1, abs=1e-6)
     assert int(got[("paper scale", "mnist", "ours")]["saved_bytes"]) > 307818 * 4  # the .h5 file
+    # Replay_all: theta[0] + theta[T] + the record of all K epochs: each step's indices and augmentation
+    # seeds as int64 (50,000 x 20 x 2 x 8 bytes = 16 MB) and a few numbers per step.
+    full = got[("paper scale", "mnist", "replay_all")]
+    assert 16e6 <= int(full["record_bytes"]) <= 16e6 + 1563 * 20 * 64
+    assert int(full["float32_bytes"]) == 2 * 307818 * 4 + int(full["record_bytes"])
+    # this folder's cache_size.json predates the Replays: no measured rows for them
+    assert not {("this run", "fashion_mnist", c) for c in ("replay", "replay_all")} & set(got)
     md = open(os.path.join(single, "summary", "table1_cache.md")).read()
+    assert "Replay_all (θ[0] + θ[T]" in md
     assert "38.49 GB" in md and "38.64 GB" in md and "1.542 GB" in md and "1.545 GB" in md
 
 

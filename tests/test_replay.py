@@ -231,6 +231,9 @@ def test_driver_replay_equals_hara_keeps_no_step_store_and_resumes(finished_tiny
     rows = [dict(zip(header, line.split(","))) for line in table[1:]]
     mine = next(r for r in rows if r["scope"] == "this run" and r["cache"] == "replay")
     assert int(mine["saved_bytes"]) == cache["replay_bytes"] and float(mine["compute_vs_hara"]) > 1
+    everything = next(r for r in rows if r["scope"] == "this run" and r["cache"] == "replay_all")
+    files = [layout.checkpoint_path(run_dir, 0), layout.checkpoint_path(run_dir, 2), layout.step_record_path(run_dir)]
+    assert int(everything["saved_bytes"]) == sum(os.path.getsize(f) for f in files)  # theta[0], theta[T], the record
     mnist = next(r for r in rows if r["scope"] == "paper scale" and r["dataset"] == "mnist" and r["cache"] == "replay")
     assert int(mnist["float32_bytes"]) == 2 * 307818 * 4 + int(mnist["record_bytes"])
     assert "Replay (θ[K−1] + θ[T]" in open(os.path.join(out, "summary", "table1_cache.md")).read()

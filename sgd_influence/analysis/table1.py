@@ -4,7 +4,8 @@ Hara keeps theta[t] of every step of the last epoch (|theta| x T float32), Ours 
 theta; keeping every epoch's steps would be |theta| x T x K. Replay (beyond the paper) keeps
 theta[K-1] and theta[T] and the last epoch's step record, and recomputes theta[t] (core/replay.py):
 its row also gives its retrace compute relative to Hara's, measured in the run where its
-influence/Replay/replay_check_<seed>.json is found. Written by analyze as
+influence/Replay/replay_check_<seed>.json is found. Replay_all keeps theta[0], theta[T] and every
+epoch's step record, and retraces all K epochs. Written by analyze as
 summary/table1_cache.csv and .md.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from models import cnn
 from ..base import layout
 from ..base.layout import Folder
 from ..base.methods import METHODS
-from ..core.step_record import one_epoch_record_bytes
+from ..core.step_record import record_bytes
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
 PAPER_BATCH, PAPER_EPOCHS = 32, 20
@@ -30,10 +31,13 @@ PAPER_TABLE1 = {  # dataset: (training images, input channels, {cache: bytes as 
     "cifar10": (40000, 3, {"all": 30.90e9, "hara": 1.545e9, "ours": 1.236e6}),
 }
 CACHES = (("all", "all parameters (θ×T×K)"), ("hara", "Hara (θ×T)"), ("ours", "Ours (θ)"),
-          ("replay", "Replay (θ[K−1] + θ[T] + last epoch's step record; beyond the paper)"))
+          ("replay", "Replay (θ[K−1] + θ[T] + last epoch's step record; beyond the paper)"),
+          ("replay_all", "Replay_all (θ[0] + θ[T] + every epoch's step record; beyond the paper)"))
 # Retrace compute relative to Hara's (the md's last column; Replay's measured figure is added per run).
 COMPUTE = {"all": "×K (every epoch retraced)", "hara": "1", "ours": "≈ 1 (no parameter reads)",
-           "replay": "1 + (T in memory, else 2T − M) training steps per T retrace steps"}
+           "replay": "1 + (T in memory, else 2T − M) training steps per T retrace steps",
+           "replay_all": "×K (every epoch retraced) + (KT in memory, else 2KT − M) training steps"}
+RECORDS = ("replay", "replay_all")  # the rows whose cache includes a step record
 
 
 def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
@@ -51,12 +55,15 @@ def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
     return count, h5
 
 
-def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, record_bytes: int) -> Dict[str, int]:
+def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, last_record: int,
+                all_records: Optional[int]) -> Dict[str, Optional[int]]:
     """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final;
     Replay the parameters at the start of the last epoch and the final ones, and the last epoch's
-    step record (`record_bytes`)."""
+    step record (`last_record` bytes); Replay_all those at the start of training and the final ones,
+    and every epoch's record (`all_records`; None: unknown)."""
     return {"all": param_bytes * steps_per_epoch * epochs, "hara": param_bytes * steps_per_epoch,
-            "ours": param_bytes, "replay": 2 * param_bytes + record_bytes}
+            "ours": param_bytes, "replay": 2 * param_bytes + last_record,
+            "replay_all": 2 * param_bytes + all_records if all_records is not None else None}
 
 
 def replay_compute(folders: Sequence[Folder]) -> Optional[dict]:
@@ -87,9 +94,10 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
     Measured: Ours = the final .h5 checkpoint, Hara = the per-step float32 store of the last epoch;
     'all' = that store times the epochs (projected: only the last epoch is kept); Replay = the .h5
     checkpoints after epochs K-1 and K and the last epoch's record as an .npz (a run written before
-    Replay existed has no such row). Paper scale: float32 parameter count x 4 x T (x K),
-    T = ceil(N / 32), K = 20; Ours and Replay also as .h5 sizes; Replay's record: one epoch of N
-    instances in batches of 32. `compute_vs_hara`: Replay's measured retrace time over its time
+    Replay existed has no such row); Replay_all = the .h5 checkpoints after epochs 0 and K and the
+    run's whole record file (likewise). Paper scale: float32 parameter count x 4 x T (x K),
+    T = ceil(N / 32), K = 20; Ours and the Replays also as .h5 sizes; Replay's record: one epoch of N
+    instances in batches of 32, Replay_all's: K such epochs. `compute_vs_hara`: Replay's measured retrace time over its time
     without the replayed steps (this run, where its replay_check file is found).
     """
     rows = []
@@ -102,32 +110,35 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
         n = n_train.get(bs)
         t = c.get("hara_steps") or c.get("steps_per_epoch") or (math.ceil(n / bs) if n and bs else None)
         pb = int(c["param_bytes_float32"])
-        record = (c.get("replay_parts") or {}).get("step_record_last_epoch")
-        f32 = cache_bytes(pb, t, epochs, record or 0) if t and epochs else {"ours": pb}
+        records = {"replay": (c.get("replay_parts") or {}).get("step_record_last_epoch"),
+                   "replay_all": c.get("step_record_file_bytes") if "replay_all_bytes" in c else None}
+        f32 = (cache_bytes(pb, t, epochs, records["replay"] or 0, records["replay_all"]) if t and epochs
+               else {"ours": pb})
         hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
         saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None,
-                 "replay": c.get("replay_bytes")}
+                 "replay": c.get("replay_bytes"), "replay_all": c.get("replay_all_bytes")}
         measured = replay_compute(folders)
         for cache, _ in CACHES:
-            if cache == "replay" and record is None:
+            if cache in RECORDS and records[cache] is None:  # a run written before the method existed
                 continue
             rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
                          "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
                          "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
-                         "paper_bytes": None, "record_bytes": record if cache == "replay" else None,
+                         "paper_bytes": None, "record_bytes": records.get(cache),
                          "compute_vs_hara": measured["ratio"] if cache == "replay" and measured else None,
                          "compute_scheme": measured["scheme"] if cache == "replay" and measured else None})
     for dataset, (n, channels, paper) in PAPER_TABLE1.items():
         count, h5 = model_param_bytes(channels)
         t = math.ceil(n / PAPER_BATCH)
-        record = one_epoch_record_bytes(n, PAPER_BATCH)
-        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS, record)
-        saved = dict(f32, ours=h5, replay=2 * h5 + record)  # Hara's store here is raw float32: |theta| x T x 4
+        records = {"replay": record_bytes(n, PAPER_BATCH), "replay_all": record_bytes(n, PAPER_BATCH, PAPER_EPOCHS)}
+        f32 = cache_bytes(4 * count, t, PAPER_EPOCHS, records["replay"], records["replay_all"])
+        # Hara's store here is raw float32: |theta| x T x 4
+        saved = dict(f32, ours=h5, replay=2 * h5 + records["replay"], replay_all=2 * h5 + records["replay_all"])
         for cache, _ in CACHES:
             rows.append({"scope": "paper scale", "dataset": dataset, "n_train": n, "batch_size": PAPER_BATCH,
                          "epochs": PAPER_EPOCHS, "steps_per_epoch": t, "param_count": count, "cache": cache,
                          "float32_bytes": f32[cache], "saved_bytes": saved[cache], "paper_bytes": paper.get(cache),
-                         "record_bytes": record if cache == "replay" else None, "compute_vs_hara": None,
+                         "record_bytes": records.get(cache), "compute_vs_hara": None,
                          "compute_scheme": None})
     for r in rows:
         r["float32_vs_paper"] = r["float32_bytes"] / r["paper_bytes"] - 1 if r["paper_bytes"] else None
@@ -170,7 +181,7 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
                 cell = f"{human(r['float32_bytes'])} float32; .h5 {human(r['saved_bytes'])}"
             elif r["cache"] == "all" and r["saved_bytes"] is not None:
                 cell += " (projected ×K)"
-            elif r["cache"] == "replay":
+            elif r["cache"] in RECORDS:
                 cell = (f"{human(r['float32_bytes'])} float32; .h5 ×2 + record {human(r['saved_bytes'])} "
                         f"(record {human(r['record_bytes'])})")
                 if r["compute_vs_hara"] is not None:
@@ -184,7 +195,7 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
                 cell = human(r["float32_bytes"])
             else:
                 cell = f"{human(r['float32_bytes'])} ({r['float32_vs_paper']:+.2%})"
-            if r["cache"] in ("ours", "replay"):
+            if r["cache"] in ("ours",) + RECORDS:
                 cell += f"; .h5 {human(r['saved_bytes'])}"
             cols.setdefault(title + ", projected", {})[r["cache"]] = cell
             cols.setdefault(f"{name}, paper", {})[r["cache"]] = human(r["paper_bytes"])
@@ -194,6 +205,7 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
            for cache, label in CACHES]
     md += ["", "θ: parameters as float32 (count × 4 bytes); T: steps per epoch = ⌈N/B⌉; K: epochs; M: the parameter "
            "copies Replay's --replay-memory holds. Percentages: projection vs the paper's Table 1 (which has no "
-           "Replay row). Replay's .h5 cell: two checkpoints and the last epoch's step record (.npz). "
+           "Replay rows). Replay's .h5 cell: two checkpoints and the last epoch's step record (.npz); Replay_all's: "
+           "two checkpoints and every epoch's record. "
            "MB/GB are 10^6/10^9 bytes."]
     layout.write_text(md_path, "\n".join(md) + "\n")

@@ -35,8 +35,8 @@ theta[0] without S (recorded batches, seeds and learning rates; the gradient sti
 |S_t|: the drivers' -ra), the counterfactual Replay_all estimates; replay r then perturbs
 theta[0], so the noise ceiling is the one of that window (the float32 chaos of the whole
 training). Each block of lds.json names its window, and reports the Spearman against the
-unperturbed replay r = 0 alone (`lds_deterministic_truth`: the truth of one deterministic
-retraining, what a user who retrains once sees). The caches of the two windows are separate
+unperturbed replay r = 0 alone (`lds_single_replay`, in either window: the truth of one
+deterministic retraining, what a user who retrains once sees). The caches of the two windows are separate
 files (`replay_all_<r>.*`, `truths_all_p<fraction>.csv` for "all").
 
 Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
@@ -292,7 +292,8 @@ def bootstrap_ci(fn: Callable[[np.ndarray], float], m: int, seed: int, n_boot: i
 def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float, n: int, seed: int,
               window: str = "last") -> dict:
     """The lds.json block of one fraction and window: LDS per method with a bootstrap interval, and the
-    ceiling; `lds_deterministic_truth` is the Spearman against the unperturbed replay r = 0 alone."""
+    ceiling; `lds_single_replay` is the Spearman against the unperturbed replay r = 0 alone (the
+    deterministic truth)."""
     m, k = truths.shape
     mean = truths.mean(axis=1)
     c = noise_ceiling(truths)
@@ -313,8 +314,7 @@ def lds_block(truths: np.ndarray, preds: Dict[str, np.ndarray], fraction: float,
         block["methods"][name] = {
             "lds": spearman(g, mean),
             "lds_ci95": bootstrap_ci(lambda i: spearman(g[i], mean[i]), m, seed),
-            "lds_single_replay": spearman(g, truths[:, 0]),
-            "lds_deterministic_truth": spearman(g, truths[:, 0]),  # replay 0: theta unperturbed
+            "lds_single_replay": spearman(g, truths[:, 0]),  # replay 0, unperturbed: the deterministic truth
             "pearson": pearson(g, mean),
             "prediction_sd": float(g.std()),
         }

@@ -514,7 +514,7 @@ def print_lds(summary: dict) -> None:
                     print(f"  {name:<20} (no scores)")
                 else:
                     print(f"  {name:<20} LDS {r['lds']:6.3f} [{r['lds_ci95'][0]:6.3f}, {r['lds_ci95'][1]:6.3f}]"
-                          f"   deterministic truth (replay 0 alone) {r['lds_deterministic_truth']:6.3f}")
+                          f"   deterministic truth (replay 0 alone) {r['lds_single_replay']:6.3f}")
     for row in summary["across_trainings"]:
         k = len(row["trainings"])
         print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "

@@ -79,10 +79,11 @@ class StepRecord:
         return r
 
 
-def one_epoch_record_bytes(n: int, batch_size: int) -> int:
-    """Bytes of the `.npz` record of one epoch of n instances in batches of `batch_size`
-    (T = ceil(n / batch_size) steps): Table 1's projection of what a last-epoch replay reads."""
-    sizes = [min(batch_size, n - a) for a in range(0, n, batch_size)]
+def record_bytes(n: int, batch_size: int, epochs: int = 1) -> int:
+    """Bytes of the `.npz` record of `epochs` epochs of n instances in batches of `batch_size`
+    (T = ceil(n / batch_size) steps each): Table 1's projection of what a replay reads (Replay:
+    the last epoch; Replay_all: every epoch)."""
+    sizes = [min(batch_size, n - a) for a in range(0, n, batch_size)] * epochs
     return len(StepRecord.from_batches([0] * len(sizes), [0.0] * len(sizes),
                                        [np.zeros(k, np.int64) for k in sizes],
                                        [np.zeros(k, np.int64) for k in sizes]).to_bytes())
