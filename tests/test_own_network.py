@@ -274,3 +274,35 @@ def test_validate_lds_with_a_python_network_in_workers(idx_dir, tmp_path):
     assert json.loads((tmp_path / "out" / "run.json").read_text())["settings"]["net"] == "mynets:net"
     r = driver([a if a != "mynets:net" else "cnn" for a in args], tmp_path, "validate_influence.py")
     assert r.returncode == 2 and "net 'mynets:net' -> 'cnn'" in r.stderr and len(error_lines(r)) == 1
+
+
+# ------------------------------------------------------------------ the smooth variant
+def test_smooth_variant_has_the_networks_parameters_and_no_branches():
+    """--net models.smooth:cnn_smooth: the six-conv network's 307,818 parameters under the same names,
+    softplus and average pooling where the network has ReLU and max-pool, accepted by the fd retrace's
+    rebuild (which rejects a branchy function it cannot pin) with nothing to pin."""
+    from models.cnn import cnn as six_conv
+    from sgd_influence.core.graphs import BranchRecorder
+    x = nn.Variable((2, 1, 32, 32))
+    shapes = {}
+    for name, build in (("cnn", lambda: six_conv(x, 10)), ("smooth", lambda: network.resolve(
+            "models.smooth:cnn_smooth")(x, 10, False, BranchRecorder()))):
+        nn.clear_parameters()
+        out = build()
+        shapes[name] = ({k: v.shape for k, v in nn.get_parameters(grad_only=False).items()},
+                        network.function_types(out))
+    assert shapes["smooth"][0] == shapes["cnn"][0]
+    assert sum(int(np.prod(s)) for s in shapes["smooth"][0].values()) == 307818
+    kinds = shapes["smooth"][1]
+    assert "ReLU" not in kinds and "MaxPooling" not in kinds
+    assert kinds.count("SoftPlus") == shapes["cnn"][1].count("ReLU") and "AveragePooling" in kinds
+    nn.clear_parameters()
+
+
+def test_every_smooth_and_pinned_function_name_is_an_nnabla_function():
+    """network.SMOOTH and RELU_FAMILY are matched against nnabla's type names: a misspelt name
+    (it once said Softplus for SoftPlus) silently rejects that function under --retrace fd."""
+    import nnabla.function as FN
+    known = {n for n in dir(FN) if n[:1].isupper()}
+    assert not (network.SMOOTH | network.RELU_FAMILY) - known
+

@@ -62,7 +62,7 @@ SMOOTH = frozenset("""
 Affine Convolution Deconvolution DepthwiseConvolution DepthwiseDeconvolution AveragePooling
 GlobalAveragePooling SumPooling Unpooling Add2 AddN Sub2 Mul2 MulN Div2 AddScalar MulScalar
 RSubScalar RDivScalar PowScalar Sum Mean Reshape Transpose Concatenate Split Slice Stack
-Broadcast BroadcastTo Pad Identity Tanh Sigmoid Swish GELU Softplus Exp Log Sin Cos Softmax
+Broadcast BroadcastTo Pad Identity Tanh Sigmoid Swish GELU SoftPlus Exp Log Sin Cos Softmax
 LogSoftmax Interpolate Flip
 """.split())
 RELU_FAMILY = frozenset(("ReLU", "LeakyReLU", "ReLU6", "Abs"))
