@@ -89,3 +89,17 @@ def test_disk_full_is_one_line_and_keeps_results(out_with_result, idx_dir, monke
     err = capsys.readouterr().err
     assert rc == 2 and "No space left on device" in err and "re-run" in err
     assert out_with_result[1].read_text() == "earlier result\n"
+
+
+@pytest.mark.parametrize("command", [["eval_sgd_influence.py"], ["eval_influence_functions.py"],
+                                     ["validate_influence.py"], ["validate_influence.py", "hara71"],
+                                     ["-m", "sgd_influence.analyze"]])
+def test_every_command_prints_its_help(command):
+    """--help of every command a user types: exit 0 and the usage (argparse formats each help
+    string with %, so a bare '25%' in one once made all three scripts' --help a traceback)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable] + command + ["--help"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
+    assert r.stdout.startswith("usage:") and "--help" in r.stdout

@@ -150,7 +150,7 @@ def add_replay_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replay-memory", type=positive_float, default=None, metavar="MB",
                    help=f"Replay (Replay_all): memory for its copies of the last epoch's (every epoch's) parameters "
                         f"theta[t], in MB (10^6 bytes); all in memory when they fit, else checkpoints and re-replayed segments "
-                        f"(default: {REPLAY_MEMORY_FRACTION:.0%} of the memory available when its unit starts)")
+                        f"(default: {REPLAY_MEMORY_FRACTION * 100:.0f}%% of the memory available when its unit starts)")
 
 
 def available_memory() -> Optional[int]:
