@@ -1,6 +1,7 @@
 """Replay_all (infl.retrace with window="all"): u carried back through every step of every epoch, theta[t]
 replayed from params_epoch_0.h5 -- checked against finite differences of full retrainings from theta[0]
 (the oracle), against Replay and Hara on one epoch (the windows coincide), and for its memory scheme."""
+import json
 import os
 import shutil
 
@@ -245,10 +246,20 @@ def test_lds_window_all_is_retraining_from_theta0_cached_apart(tmp_path, data):
     assert all(np.all(np.abs(starts[0][k] - starts[1][k]) <= np.abs(np.spacing(starts[0][k])) * 1.0000001)
                for k in starts[0])
 
+    vdir = os.path.join(out, "validation")
+    with open(os.path.join(vdir, "lds_all.json"), "rb") as f:
+        whole = f.read()
     last = run_lds(lds_args(out, "--lds-fraction", "0.25", "--lds-subsets", "10", "--methods", "Replay", "Random"),
                    lambda seed: tiny_data(seed=seed), net=TINY, progress=False)
     assert last["trainings"][0]["blocks"][0]["window"] == "last"
     assert os.path.exists(lds.truths_path(cache, 0.25)) and os.path.exists(lds.baseline_path(cache, 0))
+    # each window has its own result files: measuring the last epoch leaves the whole training's intact
+    with open(os.path.join(vdir, "lds_all.json"), "rb") as f:
+        assert f.read() == whole
+    assert json.loads(open(os.path.join(vdir, "lds.json")).read())["settings"]["lds_window"] == "last"
+    for name in ("lds_all.csv", "lds_all_Replay_all.png", "lds_all_trainings.png", "lds.csv", "lds_Replay.png",
+                 "lds_trainings.png"):
+        assert os.path.exists(os.path.join(vdir, name)), name
 
 
 def test_replay_all_on_a_dask_cluster_is_the_in_process_unit(idx_dir, tmp_path):

@@ -34,7 +34,7 @@ Window (`--lds-window`, default "last"): with "all" the truth is retraining ever
 theta[0] without S (recorded batches, seeds and learning rates; the gradient still divided by
 |S_t|: the drivers' -ra), the counterfactual Replay_all estimates; replay r then perturbs
 theta[0], so the noise ceiling is the one of that window (the float32 chaos of the whole
-training). Each block of lds.json names its window, and reports the Spearman against the
+training). Each block of lds.json (lds_all.json for "all": lds.result_path) names its window, and reports the Spearman against the
 unperturbed replay r = 0 alone (`lds_single_replay`, in either window: the truth of one
 deterministic retraining, what a user who retrains once sees). The caches of the two windows are separate
 files (`replay_all_<r>.*`, `truths_all_p<fraction>.csv` for "all").
@@ -185,6 +185,14 @@ class PairedReplays:
 
 
 # ------------------------------------------------------------ truth cache
+def result_path(vdir: str, name: str, window: str = "last") -> str:
+    """The results of one window in the validation folder: lds.json, lds.csv, lds_<Method>.png,
+    lds_trainings.png for the last epoch; lds_all.json, lds_all.csv, ... for the whole training,
+    so measuring one window never overwrites the other's. `name` is the file name for "last"."""
+    assert name.startswith("lds"), name
+    return os.path.join(vdir, name if window == "last" else "lds_" + _tag(window)[:-1] + name[3:])
+
+
 def truths_path(cache: str, fraction: float, window: str = "last") -> str:
     return os.path.join(cache, f"truths_{_tag(window)}p{fraction:g}.csv")
 

@@ -428,7 +428,8 @@ def lds_score_unit(args, seed: int, twin: bool, method: str, load: lds.Loader | 
 def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) -> dict:
     """The LDS over `--trials` trainings (seeds seed..seed+trials-1, and with --lds-twin the first
     seed's twin): train each (or reuse), score every method on each, replay the subsets' removals
-    of each; write lds.json, lds.csv, lds_<Method>.png and lds_trainings.png; returns the summary.
+    of each; write lds.json, lds.csv, lds_<Method>.png and lds_trainings.png (lds_all.* for the
+    whole-training window: lds.result_path); returns the summary.
     `load(seed)` gives the data of a trial (in-process units; workers load it from args)."""
     trainings = lds.trainings_of(args.seed, args.trials, args.lds_twin)
     prepare_output(args, trainings)
@@ -487,13 +488,14 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                             "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods),
                             "lds_window": args.lds_window},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
-    layout.write_text(os.path.join(vdir, "lds.csv"), "\n".join(rows) + "\n")
-    layout.write_json(os.path.join(vdir, "lds.json"), summary)
+    w = lds.window_of(args)
+    layout.write_text(lds.result_path(vdir, "lds.csv", w), "\n".join(rows) + "\n")
+    layout.write_json(lds.result_path(vdir, "lds.json", w), summary)
     for name in args.methods:
-        lds.plot_lds(os.path.join(vdir, f"lds_{name}.png"), name, blocks,
+        lds.plot_lds(lds.result_path(vdir, f"lds_{name}.png", w), name, blocks,
                      {t.name: truths[t] for t in trainings},
                      {t.name: {p: preds[t.name][p][name] for p in fractions} for t in trainings})
-    lds.plot_trainings(os.path.join(vdir, "lds_trainings.png"), across, twin_rows)
+    lds.plot_trainings(lds.result_path(vdir, "lds_trainings.png", w), across, twin_rows)
     return summary
 
 
@@ -675,7 +677,10 @@ def main(argv) -> int:
         net = network.checked(args, data.image_shape, data.n_classes)
         if args.lds:
             print_lds(run_lds(args, lambda seed: data if seed == args.seed else lds.load_data(args, seed), net))
-            print(f"wrote {validation_dir(args.output_dir)}/lds.json, lds.csv, lds_*.png")
+            w = lds.window_of(args)
+            print(f"wrote {lds.result_path(validation_dir(args.output_dir), 'lds.json', w)}, "
+                  f"{os.path.basename(lds.result_path('', 'lds.csv', w))}, "
+                  f"{os.path.basename(lds.result_path('', 'lds_*.png', w))}")
         else:
             print_summary(run_validation(args, data, net))
             print(f"wrote {validation_dir(args.output_dir)}/validation.csv, validation.json, scatter_*.png")
