@@ -25,6 +25,20 @@ LDS_EXTRA ?=
 LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --trials $(LDS_TRIALS) --lds-fraction 0.05 0.5 \
 	--methods $(LDS_METHODS) $(PARALLEL) $(LDS_EXTRA)
 
+# The whole training (Replay_all, docs/accuracy.md#the-whole-training): a smaller setting, since every truth is a
+# retraining from theta[0]. `make lds-all` (LDS_ALL_NET=models.smooth:cnn_smooth: the smooth variant) and
+# `make cleanse-all` (retraining from scratch, -ra; CLEANSE_ALL_EXTRA=--label-noise 0.1).
+WHOLE_SETTINGS := -ds fashion_mnist --n-train 500 --n-val 500 -e 3 -bs 16 --lr 0.02 --no-augment
+LDS_ALL_NET ?= cnn
+LDS_ALL_OUT ?= output_lds_all_$(subst :,_,$(subst .,_,$(LDS_ALL_NET)))
+LDS_ALL_ARGS = -o $(LDS_ALL_OUT) $(WHOLE_SETTINGS) --net $(LDS_ALL_NET) --lds --lds-window all --trials $(LDS_TRIALS) \
+	--lds-fraction 0.05 0.5 --lds-subsets 20 \
+	--methods Replay_all Replay Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(LDS_EXTRA)
+CLEANSE_ALL_OUT ?= output_cleanse_all
+CLEANSE_ALL_EXTRA ?=
+CLEANSE_ALL_ARGS = -o $(CLEANSE_ALL_OUT) $(WHOLE_SETTINGS) --n-test 2000 -nt 3 -ra -r 0 10 30 100 300 \
+	--methods Replay_all Replay Ours Random $(PARALLEL) $(CLEANSE_ALL_EXTRA)
+
 # The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU,
 # docs/paper.md): 10 trials, batch 32, 20 epochs, the published defaults otherwise
 # (lr 0.05, augmentation, removal sizes 0..30000), both drivers, then one merged analysis in
@@ -35,7 +49,7 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 $(PARALLEL)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: gpu-check venv data fashion-mnist-data demo demo-trials noise-trials lds test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
+.PHONY: gpu-check venv data fashion-mnist-data demo demo-trials noise-trials lds lds-all cleanse-all test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
@@ -65,6 +79,12 @@ noise-trials: demo
 
 lds: venv fashion-mnist-data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ARGS)
+
+lds-all: venv fashion-mnist-data
+	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ALL_ARGS)
+
+cleanse-all: venv fashion-mnist-data
+	PYTHONUNBUFFERED=1 $(PY) eval_sgd_influence.py $(CLEANSE_ALL_ARGS)
 
 # On a machine with an NVIDIA GPU: the cudnn checks and figures (tools/gpu_check.sh); else a one-line skip.
 gpu-check: venv fashion-mnist-data

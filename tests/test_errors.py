@@ -1,5 +1,7 @@
 """Bad input: one clear error, exit code 2, no traceback, earlier results untouched."""
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -103,3 +105,25 @@ def test_every_command_prints_its_help(command):
     r = subprocess.run([sys.executable] + command + ["--help"], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-500:]
     assert r.stdout.startswith("usage:") and "--help" in r.stdout
+
+
+@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all"])
+def test_make_targets_pass_options_the_commands_accept(target):
+    """Every measuring make target's command line parses with its script's own parser (a typo in the
+    Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    import shlex
+    from sgd_influence.checks.validate import build_parser as validate_parser
+    from sgd_influence.config.settings import build_parser as driver_parser
+    r = subprocess.run(["make", "-n", target], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = [line for line in r.stdout.splitlines() if ".py " in line]
+    assert r.returncode == 0 and len(lines) == 1, r.stdout + r.stderr
+    words = shlex.split(lines[0])
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    parser = validate_parser() if words[script] == "validate_influence.py" else driver_parser("", "", [])
+    args = parser.parse_args(words[script + 1:])
+    if target == "lds-all":
+        assert args.lds and args.lds_window == "all" and "Replay_all" in args.methods and args.n_epochs == 3
+    if target == "cleanse-all":
+        assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
