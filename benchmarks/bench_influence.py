@@ -127,7 +127,9 @@ def graph_steps(data, state, mode: str, n: int, resident: bool = False) -> List[
     from sgd_influence.core.graphs import RETRACE_GRAPHS, to_device
     params, u, record = state
     u = to_device(u) if resident else u
-    steps = record.steps_of_epoch(record.n_epochs - 1)[::-1]
+    epoch = record.steps_of_epoch(record.n_epochs - 1)
+    full = len(record.batch(epoch[0])[0])  # one graph, one batch size: a short last batch is left out
+    steps = [t for t in epoch[::-1] if len(record.batch(t)[0]) == full]
     idx, seeds = record.batch(steps[0])
     graph = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, bn_coupling=True)  # retrace's default
     x, y = data.train_batch(idx, seeds)

@@ -160,6 +160,12 @@ def test_lds_over_trainings_grows_without_recomputing(tmp_path):
     lo, hi = pair["difference"]["ci95"]
     assert pair["excludes_zero"] == (lo > 0 or hi < 0)
     assert {(p["a"], p["b"]) for p in row["pairs"]} == {("Hara", "Ours"), ("Hara", "Random"), ("Ours", "Random")}
+    # the same against the deterministic truth (replay 0 alone)
+    single = {m: [blocks_of(three, f"seed_{s}")[0]["methods"][m]["lds_single_replay"] for s in range(3)]
+              for m in ("Hara", "Random")}
+    assert row["methods_single_replay"]["Hara"]["values"] == single["Hara"]
+    pair = next(p for p in row["pairs_single_replay"] if (p["a"], p["b"]) == ("Hara", "Random"))
+    assert pair["difference"]["values"] == pytest.approx(list(np.subtract(single["Hara"], single["Random"])))
 
     # The twin: same seed and subsets, theta[0] moved by a half-ulp -- a different training.
     twin = three["twin"][0]["methods"]["Hara"]

@@ -335,32 +335,40 @@ def stats(values: Sequence[float]) -> dict:
     return {"mean": mean, "std": sd, "ci95": [lo, hi], "values": [float(v) for v in values]}
 
 
+def _pairs(lds: Dict[str, List[Optional[float]]], methods: Sequence[str]) -> List[dict]:
+    """Every pair's per-training difference (a - b) on the same truths: mean, sd, 95% t-interval and
+    `excludes_zero` (the interval on one side of 0); trainings where either has no scores left out."""
+    out = []
+    for ai, a in enumerate(methods):
+        for b in methods[ai + 1:]:
+            d = [x - y for x, y in zip(lds[a], lds[b]) if x is not None and y is not None]
+            if not d:
+                continue
+            st = stats(d)
+            lo, hi = st["ci95"]
+            out.append({"a": a, "b": b, "difference": st, "excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)})
+    return out
+
+
 def across_trainings(blocks: Dict[str, List[dict]], methods: Sequence[str]) -> List[dict]:
     """Per fraction, over the trainings in `blocks` ({training name: its blocks, one per fraction}):
     each method's LDS and the noise ceiling (mean, sd, 95% t-interval), and for every pair of
     methods the per-training difference of their LDS on the same truths (its mean and interval;
-    `excludes_zero` when the interval lies on one side of 0). A training where a method has no
-    scores is left out of that method's figures."""
+    `excludes_zero` when the interval lies on one side of 0). The same against the deterministic
+    truth (replay 0 alone, `lds_single_replay`): `methods_single_replay`, `pairs_single_replay`.
+    A training where a method has no scores is left out of that method's figures."""
     names = list(blocks)
     out = []
     for i, p in enumerate(b["fraction"] for b in blocks[names[0]]):
         per = [blocks[n][i] for n in names]
         row = {"fraction": p, "trainings": names, "subset_size": per[0]["subset_size"],
                "subsets": per[0]["subsets"], "replays": per[0]["replays"],
-               "noise_ceiling": stats([b["noise_ceiling"] for b in per]), "methods": {}, "pairs": []}
-        lds = {m: [b["methods"][m]["lds"] for b in per] for m in methods}
-        for m in methods:
-            ok = [v for v in lds[m] if v is not None]
-            row["methods"][m] = stats(ok) if ok else None
-        for ai, a in enumerate(methods):
-            for b in methods[ai + 1:]:
-                d = [x - y for x, y in zip(lds[a], lds[b]) if x is not None and y is not None]
-                if not d:
-                    continue
-                st = stats(d)
-                lo, hi = st["ci95"]
-                row["pairs"].append({"a": a, "b": b, "difference": st,
-                                     "excludes_zero": None if lo is None else bool(lo > 0 or hi < 0)})
+               "noise_ceiling": stats([b["noise_ceiling"] for b in per])}
+        for suffix, key in (("", "lds"), ("_single_replay", "lds_single_replay")):
+            lds = {m: [b["methods"][m].get(key) for b in per] for m in methods}
+            row["methods" + suffix] = {m: stats([v for v in lds[m] if v is not None])
+                                       if any(v is not None for v in lds[m]) else None for m in methods}
+            row["pairs" + suffix] = _pairs(lds, methods)
         out.append(row)
     return out
 

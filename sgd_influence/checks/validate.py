@@ -522,7 +522,9 @@ def print_lds(summary: dict) -> None:
         print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "
               f"noise ceiling {fmt_interval(row['noise_ceiling'])}")
         for name, st in row["methods"].items():
-            print(f"  {name:<20} LDS {fmt_interval(st) if st else '(no scores)'}")
+            single = row.get("methods_single_replay", {}).get(name)
+            print(f"  {name:<20} LDS {fmt_interval(st) if st else '(no scores)'}"
+                  + (f"   deterministic truth {fmt_interval(single)}" if single else ""))
         for pr in row["pairs"]:
             mark = "" if pr["excludes_zero"] is None else ("  interval excludes 0" if pr["excludes_zero"] else "")
             print(f"  {pr['a'] + ' - ' + pr['b']:<26} {fmt_interval(pr['difference'])}{mark}")
