@@ -21,6 +21,7 @@ switch, float32 chaos).
 import argparse
 import os
 import sys
+from typing import Sequence
 
 import numpy as np
 
@@ -40,28 +41,16 @@ from sgd_influence.core.train import SGD, init_model, replay_steps  # noqa: E402
 EPS = (0.05, 0.2, 0.5, 1.0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="an LDS folder of the whole-training window (validate_influence.py --lds-window all)")
-    p.add_argument("--seed", type=int, default=0, help="its training (trial seed)")
-    p.add_argument("--fraction", type=float, default=0.05, help="the LDS fraction whose subsets to use")
-    p.add_argument("--subsets", type=int, default=8, help="the first M subsets")
-    p.add_argument("--eps", type=float, nargs="+", default=list(EPS), help="weight reductions (1 = removal)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
-    args = p.parse_args()
-    settings = layout.read_settings(args.out)
-    ns = argparse.Namespace(**{**settings, "data_dir": args.data_dir})
-    set_context("cpu")
-    data = lds.load_data(ns, args.seed)
-    net = network.resolve(settings.get("net", "cnn"), settings.get("net_init", "seed"))
-    run_dir = layout.train_dir(args.out, args.seed)
-    cache = lds.cache_dir(args.out, lds.Training(args.seed))
+def linearity(data, net, out: str, seed: int, fraction: float, m: int, eps: Sequence[float],
+              batch_size: int) -> dict:
+    """For the first m subsets of `fraction` in the LDS folder `out` (training `seed`): g (Replay_all's
+    summed scores), the baseline loss and, per eps, f_eps(S)/eps of the weighted retrainings."""
+    run_dir = layout.train_dir(out, seed)
+    cache = lds.cache_dir(out, lds.Training(seed))
     scores = np.load(os.path.join(cache, "estimate_Replay_all.npy"), allow_pickle=False)
-    truths = lds.read_truths(lds.truths_path(cache, args.fraction, "all"))
-
     record = StepRecord.load(step_record_path(run_dir))
     steps, start = window_steps(record, "all"), window_start(record, "all")
-    sgd = SGD(init_model(data, 0, settings["batch_size"], net), data)
+    sgd = SGD(init_model(data, 0, batch_size, net), data)
     test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
     n = len(data.train)
 
@@ -78,25 +67,44 @@ def main() -> None:
         return evaluate(test_graphs, data.normalize, data.val)[0]
 
     base = loss_with(np.ones(n))
-    subsets = [lds.subset(n, args.fraction, s, args.seed) for s in range(args.subsets)]
-    g = lds.predictions(scores, subsets)
-    print(f"{args.out}, training seed {args.seed}, {args.fraction:g} removed ({len(subsets[0])} instances), "
-          f"{len(subsets)} subsets; baseline loss {base:.5f}")
-    print(f"{'eps':>6} {'Spearman(f/eps, g)':>19} {'Pearson':>8} {'mean f/eps':>11} {'mean g':>8}")
-    rows = {}
-    for eps in args.eps:
+    subsets = [lds.subset(n, fraction, s, seed) for s in range(m)]
+    out_rows = {"subset_size": len(subsets[0]), "baseline": base, "g": lds.predictions(scores, subsets), "f_over_eps": {}}
+    for e in eps:
         f = []
         for S in subsets:
             w = np.ones(n)
-            w[S] = 1.0 - eps
-            f.append((loss_with(w) - base) / eps)
-        f = np.array(f)
-        rows[eps] = f
-        print(f"{eps:6g} {spearman(f, g):19.3f} {pearson(f, g):8.3f} {f.mean():11.5f} {g.mean():8.5f}", flush=True)
-    if 1.0 in rows and truths:
-        removal = np.array([truths.get((s, 0), np.nan) for s in range(len(subsets))])
-        print(f"eps = 1 by weights vs the LDS's removal (replay 0): Spearman {spearman(rows[1.0], removal):.3f}, "
-              f"largest difference {np.nanmax(np.abs(rows[1.0] - removal)):.2e}")
+            w[S] = 1.0 - e
+            f.append((loss_with(w) - base) / e)
+        out_rows["f_over_eps"][e] = np.array(f)
+    return out_rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="an LDS folder of the whole-training window (validate_influence.py --lds-window all)")
+    p.add_argument("--seed", type=int, default=0, help="its training (trial seed)")
+    p.add_argument("--fraction", type=float, default=0.05, help="the LDS fraction whose subsets to use")
+    p.add_argument("--subsets", type=int, default=8, help="the first M subsets")
+    p.add_argument("--eps", type=float, nargs="+", default=list(EPS), help="weight reductions (1 = removal)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
+    args = p.parse_args()
+    settings = layout.read_settings(args.out)
+    set_context("cpu")
+    data = lds.load_data(argparse.Namespace(**{**settings, "data_dir": args.data_dir}), args.seed)
+    net = network.resolve(settings.get("net", "cnn"), settings.get("net_init", "seed"))
+    r = linearity(data, net, args.out, args.seed, args.fraction, args.subsets, args.eps, settings["batch_size"])
+    g = r["g"]
+    print(f"{args.out}, training seed {args.seed}, {args.fraction:g} removed ({r['subset_size']} instances), "
+          f"{len(g)} subsets; baseline loss {r['baseline']:.5f}")
+    print(f"{'eps':>6} {'Spearman(f/eps, g)':>19} {'Pearson':>8} {'mean f/eps':>11} {'mean g':>8}")
+    for e, f in r["f_over_eps"].items():
+        print(f"{e:6g} {spearman(f, g):19.3f} {pearson(f, g):8.3f} {f.mean():11.5f} {g.mean():8.5f}", flush=True)
+    truths = lds.read_truths(lds.truths_path(lds.cache_dir(args.out, lds.Training(args.seed)), args.fraction, "all"))
+    if 1.0 in r["f_over_eps"] and truths:
+        removal = np.array([truths.get((s, 0), np.nan) for s in range(len(g))])
+        f = r["f_over_eps"][1.0]
+        print(f"eps = 1 by weights vs the LDS's removal (replay 0): Spearman {spearman(f, removal):.3f}, "
+              f"largest difference {np.nanmax(np.abs(f - removal)):.2e}")
 
 
 if __name__ == "__main__":
