@@ -21,6 +21,10 @@ def test_metrics_match_hand_computed_values():
     assert kendall_tau_b(a, b) == pytest.approx(0.6)
     assert spearman(a, b) == pytest.approx(0.8)
     assert pearson(a, b) == pytest.approx(0.8)
+    import warnings
+    with warnings.catch_warnings():  # a constant input (a degenerate bootstrap resample): nan, quietly
+        warnings.simplefilter("error")
+        assert np.isnan(pearson([1, 1, 1], [1, 2, 3])) and np.isnan(spearman([2, 2, 2], [1, 2, 3]))
     # tau-b with one tie in each: 4 concordant, 0 discordant, 6 pairs -> 4 / sqrt(5 * 5).
     assert kendall_tau_b([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8)
     assert kendall_tau_b([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)

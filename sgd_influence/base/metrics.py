@@ -42,7 +42,8 @@ def rankdata(a: np.ndarray) -> np.ndarray:
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant input: nan (a degenerate bootstrap resample)
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
