@@ -248,4 +248,3 @@ def test_cluster_scheduler_and_worker_commands_put_the_project_on_the_path():
     r = subprocess.run([sys.executable, "-m", "sgd_influence.cluster", "scheduler", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "scheduler" in r.stdout, r.stdout + r.stderr
-

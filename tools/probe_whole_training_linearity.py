@@ -47,7 +47,7 @@ def linearity(data, net, out: str, seed: int, fraction: float, m: int, eps: Sequ
     summed scores), the baseline loss and, per eps, f_eps(S)/eps of the weighted retrainings."""
     run_dir = layout.train_dir(out, seed)
     cache = lds.cache_dir(out, lds.Training(seed))
-    scores = np.load(os.path.join(cache, "estimate_Replay_all.npy"), allow_pickle=False)
+    scores = np.load(layout.estimate_path(cache, "Replay_all"), allow_pickle=False)
     record = StepRecord.load(step_record_path(run_dir))
     steps, start = window_steps(record, "all"), window_start(record, "all")
     sgd = SGD(init_model(data, 0, batch_size, net), data)
@@ -90,8 +90,9 @@ def main() -> None:
     args = p.parse_args()
     settings = layout.read_settings(args.out)
     set_context("cpu")
-    data = lds.load_data(argparse.Namespace(**{**settings, "data_dir": args.data_dir}), args.seed)
-    net = network.resolve(settings.get("net", "cnn"), settings.get("net_init", "seed"))
+    run_args = argparse.Namespace(**{**settings, "data_dir": args.data_dir})
+    data = lds.load_data(run_args, args.seed)
+    net = network.from_args(run_args)  # the run's network (a .nnp file checked against its recorded hash)
     r = linearity(data, net, args.out, args.seed, args.fraction, args.subsets, args.eps, settings["batch_size"])
     g = r["g"]
     print(f"{args.out}, training seed {args.seed}, {args.fraction:g} removed ({r['subset_size']} instances), "

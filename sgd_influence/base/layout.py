@@ -147,6 +147,11 @@ def step_record_path(run_dir: str) -> str:
     return os.path.join(run_dir, "step_record.npz")
 
 
+def estimate_path(folder: str, method: str) -> str:
+    """A method's scores in a validation cache (validate_influence.py's, or an LDS training's)."""
+    return os.path.join(folder, f"estimate_{method}.npy")
+
+
 def noise_path(out: str, seed: int) -> str:
     return os.path.join(out, "noise", f"flipped_{seed}.csv")
 

@@ -118,7 +118,7 @@ def cached_estimate(name: str, data: Data, run_dir: str, args, net: Callable, pr
     (ESTIMATOR_SETTINGS); scores made under other settings are recomputed.
     """
     folder = folder or cache_dir(args.output_dir)
-    path = os.path.join(folder, f"estimate_{name}.npy")
+    path = layout.estimate_path(folder, name)
     used = {k: getattr(args, k) for k in ESTIMATOR_SETTINGS.get(name, ())}
     meta = os.path.join(folder, f"estimate_{name}.json")
     if os.path.exists(path) and (not os.path.exists(meta) or layout.read_json(meta) == used):
@@ -460,7 +460,7 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                 + ",".join(f"truth_replay_{r}" for r in range(k)) + "," + ",".join(f"sum_{n}" for n in args.methods))
     for t in trainings:
         folder = lds.cache_dir(args.output_dir, t)
-        files = {name: os.path.join(folder, f"estimate_{name}.npy") for name in args.methods}
+        files = {name: layout.estimate_path(folder, name) for name in args.methods}
         scores = {name: np.load(f, allow_pickle=False) for name, f in files.items() if os.path.exists(f)}
         n = len(next(iter(scores.values()))) if scores else 0
         for name in args.methods:  # a diverged influence-functions solve saved nothing: no scores
