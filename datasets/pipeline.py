@@ -16,13 +16,14 @@ import numpy as np
 from sgd_influence.base.errors import UserError
 from .download import ARCHIVES, download, extract, local_or_download, verify
 from .idx import find_idx, read_idx
+from .mnist5k import load_raw_mnist5k
 from .nnc_csv import read_image, read_rows
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "stl10", "csv")
+DATASETS = ("fashion_mnist", "mnist", "mnist5k", "cifar10", "stl10", "csv")
 # Validation instances drawn from the official training set (README, Datasets); for user CSVs
 # without --val-csv: CSV_VAL_FRACTION of the training CSV.
-VAL_SIZE = {"fashion_mnist": 10000, "mnist": 10000, "cifar10": 10000, "stl10": 1000}
+VAL_SIZE = {"fashion_mnist": 10000, "mnist": 10000, "mnist5k": 1000, "cifar10": 10000, "stl10": 1000}
 CSV_VAL_FRACTION = 0.1
 # Class names by label index, for figures (MNIST and user CSVs: the index is the name).
 CLASS_NAMES = {
@@ -250,9 +251,11 @@ def _take(n: int | None, available: int, what: str) -> int:
     return n
 
 
-def _official_split(name: str, part: str, x: np.ndarray, y: np.ndarray) -> Split:
-    """All instances of an official file; ids `<name>/<part>/<index in the file>`."""
-    return Split(x, y, np.array([f"{name}/{part}/{i:05d}" for i in range(len(y))]))
+def _official_split(name: str, part: str, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> Split:
+    """All instances of an official file; ids `<name>/<part>/<index in the file>` (`rows`: those indices,
+    when the split is not the whole file in order)."""
+    rows = np.arange(len(y)) if rows is None else rows
+    return Split(x, y, np.array([f"{name}/{part}/{i:05d}" for i in rows]))
 
 
 def _csv_split(csv_path: str, rows: list, hw: tuple | None) -> Split:
@@ -292,9 +295,11 @@ def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int
     training set drawn by a permutation seeded with the trial seed; the rest,
     in that permuted order, is the training split. `csv`: the same with
     CSV_VAL_FRACTION of the training CSV when `val_csv` is None, else the
-    CSVs as given, in file order. `n_train`/`n_val`/`n_test` then keep the
+    CSVs as given, in file order. `mnist5k`: the one file's fixed training pool
+    and test rows (mnist5k.py) stand in for the official files. `n_train`/`n_val`/`n_test` then keep the
     first N of each split (test: file order). Split ids (the influence CSV's
-    `x:image`): `<name>/<train|test>/<index in the official file>` for built-ins,
+    `x:image`): `<name>/<train|test>/<index in the official file>` for built-ins
+    (mnist5k: the row of its file),
     the absolute image path for CSVs.
     """
     if name == "csv":
@@ -302,8 +307,13 @@ def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int
     else:
         if train_csv or val_csv or test_csv:
             raise UserError(f"--train-csv/--val-csv/--test-csv are used only with -ds csv, not -ds {name}")
-        tx, ty, sx, sy = load_raw(name, os.path.abspath(data_dir or default_data_dir()))
-        train, val, test = _official_split(name, "train", tx, ty), None, _official_split(name, "test", sx, sy)
+        folder = os.path.abspath(data_dir or default_data_dir())
+        if name == "mnist5k":  # one file: its fixed test rows and training pool (mnist5k.py)
+            tx, ty, sx, sy, train_rows, test_rows = load_raw_mnist5k(folder)
+        else:
+            (tx, ty, sx, sy), train_rows, test_rows = load_raw(name, folder), None, None
+        train, val = _official_split(name, "train", tx, ty, train_rows), None
+        test = _official_split(name, "test", sx, sy, test_rows)
     if val is None:
         n_val_all = VAL_SIZE[name] if name in VAL_SIZE else max(1, int(len(train) * CSV_VAL_FRACTION))
         if n_val_all >= len(train):

