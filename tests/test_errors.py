@@ -107,7 +107,8 @@ def test_every_command_prints_its_help(command):
     assert r.stdout.startswith("usage:") and "--help" in r.stdout
 
 
-@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all"])
+@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all",
+                                    "campaign-fashion", "campaign-mnist"])
 def test_make_targets_pass_options_the_commands_accept(target):
     """Every measuring make target's command line parses with its script's own parser (a typo in the
     Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
@@ -127,3 +128,6 @@ def test_make_targets_pass_options_the_commands_accept(target):
         assert args.lds and args.lds_window == "all" and "Replay_all" in args.methods and args.n_epochs == 3
     if target == "cleanse-all":
         assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
+    if target.startswith("campaign"):  # the verdict's protocol: every test image, Random over three orders
+        assert args.n_test is None and args.random_orders == 3 and args.n_trials >= 10
+        assert args.dataset == {"campaign-fashion": "fashion_mnist", "campaign-mnist": "mnist5k"}[target]

@@ -7,9 +7,15 @@ Reads the score, influence and cache-size files of one or more output folders
 folder of the same data and settings) and writes, under DIR (default: the
 first OUT):
 
-  summary/summary.csv        batch_size,method,n_removed,test_accuracy mean/std (ddof=1, 0 for one trial),n_trials
-  summary/paired_vs_random.csv  per method and n: accuracy minus Random's of the same trial, mean, std and
-                             95% t-interval over trials, and whether it excludes 0
+  summary/summary.csv        batch_size,method,n_removed,test_accuracy and test_loss mean/std (ddof=1, 0 for
+                             one trial),n_trials
+  summary/paired_vs_random.csv  per metric (test accuracy, test loss), method and n: the value minus Random's
+                             of the same trial, mean, std and 95% t-interval over trials, its half-width,
+                             the trials a half-width of 0.005 (half a point of accuracy) would need at
+                             that std, whether it excludes 0, and the verdict (up, down, undecided);
+                             n = 5% of the training set is the primary comparison (analyze prints it)
+  summary/control_orders.csv with --random-orders R > 1: the spread of method - Random over trials against
+                             one order and against the mean of the R, and the spread between orders
   summary/table1_cache.csv   the paper's Table 1: cache of all epochs' parameters (theta x T x K),
   summary/table1_cache.md      Hara (theta x T), Ours (theta) and Replay (2 theta + the last epoch's record,
                              with its compute vs Hara's), measured here and projected to paper scale
@@ -23,7 +29,8 @@ first OUT):
   fig/harmful_<method>_seed<k>.png  the 32 most negative instances (image, label, influence)
   fig/helpful_<method>_seed<k>.png  the 32 most positive
 
-Folders are merged only if every result-changing setting their run.json
+Random with several removal orders per trial (--random-orders): its value in a trial is the mean
+over its orders. Folders are merged only if every result-changing setting their run.json
 files share is equal, except the batch size (Fig. 5 compares batch sizes).
 Everything but summary.csv and batch_size.png describes the first folder's
 batch size. A (method, n, trial) result present in several folders is taken
@@ -32,6 +39,7 @@ from the first (a warning names any that differ).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -46,23 +54,29 @@ from ..base.figures import plot_agreement, plot_batch_sizes, plot_result, trials
 from .grids import write_grids
 from ..base.layout import Folder, read_folder
 from ..base.methods import CONTROL, is_control, sort_key
-from ..base.metrics import kendall_tau_b, spearman, t_interval
+from ..base.metrics import kendall_tau_b, spearman, t975, t_interval
 from ..config.noise import write_noise_detection
 from ..config.settings import RESULT_SETTINGS, differences
 from .table1 import table1_rows, write_table1
 
 
 class Row(NamedTuple):
-    """One line of summary.csv."""
+    """One line of summary.csv: test accuracy (mean, std) and test loss (loss_mean, loss_std) over trials."""
     batch_size: Optional[int]
     method: str
     n_removed: int
     mean: float
     std: float  # sample standard deviation over trials (ddof=1), 0 for one trial
     n_trials: int
+    loss_mean: float = float("nan")
+    loss_std: float = float("nan")
 
 
-Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -> final test accuracy
+Scores = Dict[str, Dict[int, Dict[int, float]]]  # method -> n removed -> seed -> final test accuracy (or loss)
+# The metrics of the paired comparison: a score CSV column, and the half-width whose trials are estimated
+# (half a point of accuracy; None: not estimated).
+METRICS = {"test_accuracy": 0.005, "test_loss": None}
+PRIMARY_FRACTION = 0.05  # the primary comparison: n = 5% of the training set, named before the runs (issue 33)
 Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
 
 
@@ -84,21 +98,34 @@ def check_mergeable(folders: Sequence[Folder]) -> None:
                             f"({'; '.join(diff)}); only the batch size may differ")
 
 
-def final_test_accuracy(path: str) -> float:
-    """test_accuracy of the last epoch row of a score CSV."""
-    return float(layout.read_score_csv(path)[-1, layout.SCORE_COLUMNS.index("test_accuracy")])
+def final_score(path: str, column: str = "test_accuracy") -> float:
+    """`column` of the last epoch row of a score CSV."""
+    return float(layout.read_score_csv(path)[-1, layout.SCORE_COLUMNS.index(column)])
 
 
-def collect(out: str) -> Scores:
-    """{method: {n_removed: {seed: final test accuracy}}} of one folder."""
-    scores: Scores = {}
-    for method, n, seed, path in layout.score_files(out):
-        scores.setdefault(method, {}).setdefault(n, {})[seed] = final_test_accuracy(path)
-    return scores
+def collect(out: str, column: str = "test_accuracy", order: Optional[int] = None) -> Scores:
+    """{method: {n_removed: {seed: the last epoch's `column`}}} of one folder. A control with several
+    removal orders in a trial (--random-orders): the mean over its orders, or with `order` that order alone."""
+    per: Dict[str, Dict[int, Dict[int, List[float]]]] = {}
+    for method, n, seed, r, path in layout.score_files(out):
+        if order is None or r == order:
+            per.setdefault(method, {}).setdefault(n, {}).setdefault(seed, []).append(final_score(path, column))
+    return {m: {n: {s: float(np.mean(v)) for s, v in by_s.items()} for n, by_s in by_n.items()}
+            for m, by_n in per.items()}
 
 
-def merge_scores(parts: Sequence[Tuple[str, Scores]]) -> Scores:
-    """Union over folders; the first folder's value wins, differing duplicates are named."""
+def order_counts(out: str) -> Dict[str, Dict[int, Dict[int, int]]]:
+    """{method: {n_removed: {seed: how many removal orders were retrained}}} of one folder."""
+    counts: Dict[str, Dict[int, Dict[int, int]]] = {}
+    for method, n, seed, _, _ in layout.score_files(out):
+        by_s = counts.setdefault(method, {}).setdefault(n, {})
+        by_s[seed] = by_s.get(seed, 0) + 1
+    return counts
+
+
+def merge_scores(parts: Sequence[Tuple[str, Scores]], quiet: bool = False) -> Scores:
+    """Union over folders; the first folder's value wins, differing duplicates are named (unless `quiet`:
+    the test accuracies' merge names them)."""
     merged: Scores = {}
     for path, scores in parts:
         for method, by_n in scores.items():
@@ -110,7 +137,7 @@ def merge_scores(parts: Sequence[Tuple[str, Scores]]) -> Scores:
                         differ += dst[seed] != acc
                     else:
                         dst[seed] = acc
-            if differ:
+            if differ and not quiet:
                 warn(f"{method}: {differ} score(s) in {path} differ from an earlier folder's; using the earlier")
     return merged
 
@@ -129,14 +156,23 @@ def merge_influence(parts: Sequence[Tuple[str, Influence]]) -> Influence:
 
 
 # ----------------------------------------------------------------------- summary
-def summarize(scores: Scores, batch_size: Optional[int] = None) -> List[Row]:
-    """Mean and sample standard deviation over trials per method and n, methods in plot order (methods.sort_key)."""
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value)."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def summarize(scores: Scores, batch_size: Optional[int] = None, loss: Optional[Scores] = None) -> List[Row]:
+    """Mean and sample standard deviation over trials per method and n of the test accuracy (and of the
+    test loss, given `loss`), methods in plot order (methods.sort_key)."""
     rows = []
     for method in sorted(scores, key=sort_key):
         for n in sorted(scores[method]):
-            acc = np.array([scores[method][n][s] for s in sorted(scores[method][n])])
-            std = float(acc.std(ddof=1)) if len(acc) > 1 else 0.0
-            rows.append(Row(batch_size, method, n, float(acc.mean()), std, len(acc)))
+            seeds = sorted(scores[method][n])
+            mean, std = mean_std([scores[method][n][s] for s in seeds])
+            lm, ls = (mean_std([loss[method][n][s] for s in seeds]) if loss and method in loss and n in loss[method]
+                      else (float("nan"), float("nan")))
+            rows.append(Row(batch_size, method, n, mean, std, len(seeds), lm, ls))
     return rows
 
 
@@ -154,16 +190,36 @@ def no_removal(scores: Scores) -> Optional[Tuple[float, float, int]]:
 
 
 def write_summary(path: str, rows: Sequence[Row]) -> None:
-    lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials"]
-    lines += [f"{'' if b is None else b},{m},{n},{mean:.6f},{std:.6f},{k}" for b, m, n, mean, std, k in rows]
+    lines = ["batch_size,method,n_removed,test_accuracy_mean,test_accuracy_std,n_trials,test_loss_mean,test_loss_std"]
+    lines += [f"{'' if r.batch_size is None else r.batch_size},{r.method},{r.n_removed},{r.mean:.6f},{r.std:.6f},"
+              f"{r.n_trials},{r.loss_mean:.6f},{r.loss_std:.6f}" for r in rows]
     layout.write_text(path, "\n".join(lines) + "\n")
 
 
-def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
-    """Per method and n > 0: the test accuracy minus the control's of the same trial, its mean,
-    sample standard deviation and 95% t-interval over trials (none with one trial); `distinguishable`
-    when the interval excludes 0."""
+def trials_needed(sd: float, half_width: float) -> int:
+    """The fewest trials N >= 2 whose 95% t-interval of a mean has half-width t_{.975, N-1} sd / sqrt(N)
+    <= `half_width`, at the sample standard deviation `sd` (a planning figure: sd is itself estimated)."""
+    n = 2
+    while t975(n - 1) * sd / math.sqrt(n) > half_width:
+        n += 1
+    return n
+
+
+def primary_n(n_train: Optional[int]) -> Optional[int]:
+    """The primary comparison's removal size: PRIMARY_FRACTION of the training set."""
+    return int(round(PRIMARY_FRACTION * n_train)) if n_train else None
+
+
+def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "test_accuracy",
+                       control_orders: Optional[Dict[int, Dict[int, int]]] = None,
+                       primary: Optional[int] = None) -> List[dict]:
+    """Per method and n > 0: the metric minus the control's of the same trial, its mean, sample standard
+    deviation and 95% t-interval over trials (none with one trial), the interval's half-width, the trials
+    a half-width of METRICS[metric] would take at that sd, `distinguishable` when the interval excludes 0,
+    and the verdict: "up" (above the control), "down", or "undecided". `control_orders` ({n: {seed: count}}):
+    the control's removal orders per trial, reported as their mean; `primary`: the primary comparison's n."""
     rows = []
+    target = METRICS.get(metric)
     for method in sorted(scores, key=sort_key):
         if method == control or control not in scores:
             continue
@@ -172,21 +228,96 @@ def paired_differences(scores: Scores, control: str = CONTROL) -> List[dict]:
             if n == 0 or not seeds:
                 continue
             d = np.array([scores[method][n][s] - scores[control][n][s] for s in seeds])
-            row = {"method": method, "control": control, "n_removed": n, "n_trials": len(d),
-                   "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None,
-                   "ci95_high": None, "distinguishable": None}
+            counts = (control_orders or {}).get(n, {})
+            row = {"metric": metric, "method": method, "control": control, "n_removed": n, "primary": n == primary,
+                   "n_trials": len(d), "control_orders": float(np.mean([counts.get(s, 1) for s in seeds])),
+                   "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None, "ci95_high": None,
+                   "ci95_half_width": None, "trials_needed": None, "distinguishable": None, "verdict": "undecided"}
             if len(d) > 1:
                 _, sd, lo, hi = t_interval(d)
-                row.update(difference_std=sd, ci95_low=lo, ci95_high=hi, distinguishable=bool(lo > 0 or hi < 0))
+                row.update(difference_std=sd, ci95_low=lo, ci95_high=hi, ci95_half_width=(hi - lo) / 2,
+                           distinguishable=bool(lo > 0 or hi < 0),
+                           verdict="up" if lo > 0 else "down" if hi < 0 else "undecided")
+                if target is not None:
+                    row["trials_needed"] = trials_needed(sd, target)
             rows.append(row)
     return rows
 
 
-def write_paired(path: str, rows: Sequence[dict]) -> None:
-    cols = ["method", "control", "n_removed", "n_trials", "difference_mean", "difference_std", "ci95_low",
-            "ci95_high", "distinguishable"]
+PAIRED_COLUMNS = ("metric", "method", "control", "n_removed", "primary", "n_trials", "control_orders",
+                  "difference_mean", "difference_std", "ci95_low", "ci95_high", "ci95_half_width", "trials_needed",
+                  "distinguishable", "verdict")
+
+
+def write_rows(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """A CSV of `rows` (dicts) with `columns`: floats to 6 decimals, None empty."""
     fmt = lambda v: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else str(v))  # noqa: E731
-    layout.write_text(path, "\n".join([",".join(cols)] + [",".join(fmt(r[c]) for c in cols) for r in rows]) + "\n")
+    layout.write_text(path, "\n".join([",".join(columns)] + [",".join(fmt(r[c]) for c in columns) for r in rows])
+                      + "\n")
+
+
+def write_paired(path: str, rows: Sequence[dict]) -> None:
+    write_rows(path, PAIRED_COLUMNS, rows)
+
+
+def verdict_lines(rows: Sequence[dict], primary: Optional[int]) -> List[str]:
+    """The test-accuracy verdict per method and n, the primary comparison first, and how many of the
+    secondary intervals would exclude 0 by chance alone."""
+    acc = [r for r in rows if r["metric"] == "test_accuracy"]
+    if not acc:
+        return []
+
+    def line(r):
+        text = f"  {r['method']} - {r['control']}, n = {r['n_removed']}{' (primary)' if r['primary'] else ''}: "
+        if r["ci95_low"] is None:
+            return text + f"{r['difference_mean']:+.4f}, one trial: no interval"
+        body = (f"{r['difference_mean']:+.4f} [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}] over "
+                f"{r['n_trials']} trials")
+        if r["verdict"] != "undecided":
+            return text + f"decided {r['verdict']}: {body}"
+        return text + f"undecided: {body}; about {r['trials_needed']} trials for +-{METRICS['test_accuracy']:g}"
+    first = [r for r in acc if r["primary"]]
+    out = [f"verdict (test accuracy minus {acc[0]['control']} of the same trial, 95% t-interval; primary: "
+           + (f"n = {primary} = {PRIMARY_FRACTION:.0%} of the training set)" if first
+              else f"n = {primary} = {PRIMARY_FRACTION:.0%} of the training set, not among the removal sizes)")]
+    out += [line(r) for r in first]
+    rest = [r for r in acc if not r["primary"]]
+    if rest:
+        out.append(f"  secondary ({len(rest)} intervals; at 95% about {0.05 * len(rest):.1f} of them exclude 0 by "
+                   f"chance alone):")
+        out += ["  " + line(r) for r in rest]
+    return out
+
+
+def control_order_rows(first: Scores, mean: Scores, counts: Dict[str, Dict[int, Dict[int, int]]],
+                       control: str = CONTROL) -> List[dict]:
+    """--random-orders: per method and n, the sample sd over trials of method - control against the
+    control's first order alone and against the mean of its orders; for the control itself, the sd over
+    trials of its accuracy both ways and the mean within-trial sd between its orders."""
+    rows = []
+    if control not in mean or not any(c > 1 for by_s in counts.get(control, {}).values() for c in by_s.values()):
+        return rows
+    for method in sorted(mean, key=sort_key):
+        for n in sorted(mean[method]):
+            seeds = sorted(set(mean[method][n]) & set(mean[control].get(n, {})) & set(first[control].get(n, {})))
+            if n == 0 or len(seeds) < 2:
+                continue
+            k = [counts[control][n][s] for s in seeds]
+            if method == control:
+                one = [first[control][n][s] for s in seeds]
+                avg = [mean[control][n][s] for s in seeds]
+            else:
+                one = [mean[method][n][s] - first[control][n][s] for s in seeds]
+                avg = [mean[method][n][s] - mean[control][n][s] for s in seeds]
+            sd_one, sd_avg = float(np.std(one, ddof=1)), float(np.std(avg, ddof=1))
+            rows.append({"method": method, "n_removed": n, "n_trials": len(seeds), "control_orders": float(np.mean(k)),
+                         "sd_one_order": sd_one, "sd_mean_of_orders": sd_avg,
+                         "ratio": sd_avg / sd_one if sd_one > 0 else None})
+    return rows
+
+
+CONTROL_ORDER_COLUMNS = ("method", "n_removed", "n_trials", "control_orders", "sd_one_order", "sd_mean_of_orders",
+                         "ratio")
 
 
 # --------------------------------------------------------------------- agreement
@@ -238,7 +369,10 @@ class Inputs:
     """The folders to analyse, grouped by batch size, with their results merged per group."""
     runs: List[Folder]
     groups: Dict[Optional[int], List[Folder]]  # batch size -> folders
-    scores: Dict[Optional[int], Scores]  # batch size -> merged scores
+    scores: Dict[Optional[int], Scores]  # batch size -> merged test accuracies (a control: mean over its orders)
+    loss: Dict[Optional[int], Scores]  # batch size -> merged test losses
+    first_order: Scores  # the first folder's batch size: test accuracies, a control's first removal order alone
+    orders: Dict[str, Dict[int, Dict[int, int]]]  # the first folder's batch size: removal orders per trial
     influence: Influence  # the first folder's batch size, merged
     source: Dict[str, Folder]  # method -> the first folder holding its influence files
     n_train: Dict[Optional[int], Optional[int]]  # batch size -> training-set size
@@ -255,8 +389,17 @@ def gather(paths: Sequence[str]) -> Inputs:
     for r in runs:
         groups.setdefault(r.batch_size, []).append(r)
     scores = {bs: merge_scores([(f.path, collect(f.path)) for f in fs]) for bs, fs in groups.items()}
+    loss = {bs: merge_scores([(f.path, collect(f.path, "test_loss")) for f in fs], quiet=True)
+            for bs, fs in groups.items()}
     found = {bs: [(f, layout.influence_files(f.path)) for f in fs] for bs, fs in groups.items()}
     primary = runs[0].batch_size
+    first_order = merge_scores([(f.path, collect(f.path, order=0)) for f in groups[primary]], quiet=True)
+    orders: Dict[str, Dict[int, Dict[int, int]]] = {}
+    for f in groups[primary]:  # as merge_scores: the first folder holding a (method, n, trial) counts
+        for m, by_n in order_counts(f.path).items():
+            for n, by_s in by_n.items():
+                for seed, k in by_s.items():
+                    orders.setdefault(m, {}).setdefault(n, {}).setdefault(seed, k)
     source: Dict[str, Folder] = {}
     for f, inf in found[primary]:
         for m in inf:
@@ -265,19 +408,20 @@ def gather(paths: Sequence[str]) -> Inputs:
     for bs, pairs in found.items():
         files = [p for _, inf in pairs for by_seed in inf.values() for p in by_seed.values()]
         n_train[bs] = len(layout.read_removal_order(files[0])) if files else groups[bs][0].settings.get("n_train")
-    inputs = Inputs(runs, groups, scores, merge_influence([(f.path, inf) for f, inf in found[primary]]), source,
-                    n_train)
+    inputs = Inputs(runs, groups, scores, loss, first_order, orders,
+                    merge_influence([(f.path, inf) for f, inf in found[primary]]), source, n_train)
     if not any(scores.values()) and not inputs.influence:
         raise UserError(f"no score or influence files under {', '.join(paths)}; run a driver first")
     return inputs
 
 
-def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
-    """summary.csv for every batch size; Figs. 2 and 4 for the first folder's; Fig. 5 across batch sizes."""
+def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str], List[str]]:
+    """summary.csv for every batch size; Figs. 2 and 4, the paired differences and their verdict lines for
+    the first folder's; Fig. 5 across batch sizes."""
     order = sorted(inp.scores, key=lambda b: (b != inp.primary, b or 0))
-    rows = [row for bs in order for row in summarize(inp.scores[bs], bs)]
+    rows = [row for bs in order for row in summarize(inp.scores[bs], bs, inp.loss[bs])]
     if not rows:
-        return rows, []
+        return rows, [], []
     write_summary(os.path.join(out, "summary", "summary.csv"), rows)
     dataset = inp.runs[0].settings.get("dataset", "")
     prow, base = [r for r in rows if r.batch_size == inp.primary], no_removal(inp.scores[inp.primary])
@@ -285,16 +429,24 @@ def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str]]:
     plot_result(prow, base, os.path.join(out, "fig", "result.png"), False, title)
     plot_result(prow, base, os.path.join(out, "fig", "result_errorbars.png"), True, title)
     written = ["summary/summary.csv", "fig/result.png", "fig/result_errorbars.png"]
-    paired = paired_differences(inp.scores[inp.primary])
+    primary = primary_n(inp.n_train.get(inp.primary))
+    counts = inp.orders.get(CONTROL)
+    paired = [row for metric, values in (("test_accuracy", inp.scores), ("test_loss", inp.loss))
+              for row in paired_differences(values[inp.primary], metric=metric, control_orders=counts,
+                                            primary=primary)]
     if paired:
         write_paired(os.path.join(out, "summary", "paired_vs_random.csv"), paired)
         written.append("summary/paired_vs_random.csv")
+    spread = control_order_rows(inp.first_order, inp.scores[inp.primary], inp.orders)
+    if spread:
+        write_rows(os.path.join(out, "summary", "control_orders.csv"), CONTROL_ORDER_COLUMNS, spread)
+        written.append("summary/control_orders.csv")
     sizes = [bs for bs in order if bs is not None and inp.scores[bs]]
     if len(sizes) > 1:
         panels = {bs: ([r for r in rows if r.batch_size == bs], no_removal(inp.scores[bs])) for bs in sizes}
         plot_batch_sizes(panels, os.path.join(out, "fig", "batch_size.png"), dataset)
         written.append("fig/batch_size.png")
-    return rows, written
+    return rows, written, verdict_lines(paired, primary)
 
 
 def removal_sizes(inp: Inputs) -> List[int]:
@@ -325,7 +477,7 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
     paths = [folders] if isinstance(folders, str) else list(folders)
     inp = gather(paths)
     out = out or paths[0]
-    rows, written = accuracy_outputs(inp, out)
+    rows, written, verdict = accuracy_outputs(inp, out)
     if skipped:
         layout.write_text(os.path.join(out, "summary", "skipped.txt"),
                       "removal sizes skipped (>= training set size): " + " ".join(map(str, skipped)) + "\n")
@@ -344,16 +496,19 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
                       {"folders": [os.path.abspath(p) for p in paths],
                        "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
         written.append("summary/inputs.json")
-    report(rows, agree, out, written)
+    report(rows, agree, out, written, verdict)
     return rows
 
 
-def report(rows: Sequence[Row], agree: Sequence[dict], out: str, written: Sequence[str]) -> None:
+def report(rows: Sequence[Row], agree: Sequence[dict], out: str, written: Sequence[str],
+           verdict: Sequence[str] = ()) -> None:
     if rows:
-        print("batch  method               n_removed  test_accuracy (mean ± std, trials)")
+        print("batch  method               n_removed  test_accuracy (mean ± std, trials)  test_loss (mean ± std)")
         for r in rows:
             print(f"{'' if r.batch_size is None else r.batch_size:>5}  {r.method:<20} {r.n_removed:>9}  "
-                  f"{r.mean:.4f} ± {r.std:.4f} ({r.n_trials})")
+                  f"{r.mean:.4f} ± {r.std:.4f} ({r.n_trials})  {r.loss_mean:.4f} ± {r.loss_std:.4f}")
+    for line in verdict:
+        print(line)
     if agree:
         print("agreement (mean over trials): pair, Spearman, Kendall tau-b")
         for a, b in dict.fromkeys((r["method_a"], r["method_b"]) for r in agree):

@@ -119,8 +119,14 @@ def train_dir(out: str, seed: int, twin: bool = False) -> str:
     return os.path.join(out, "train", f"seed_{seed}" + ("_theta0_ulp" if twin else ""))
 
 
-def influence_path(out: str, method: str, seed: int) -> str:
-    return os.path.join(out, "influence", method, f"influence_{stem(method)}_{seed}.csv")
+def order_suffix(order: int) -> str:
+    """A control's removal order r > 0 (--random-orders): `_order<r>` before the extension; order 0 has none
+    (the files of runs before the option)."""
+    return f"_order{order}" if order else ""
+
+
+def influence_path(out: str, method: str, seed: int, order: int = 0) -> str:
+    return os.path.join(out, "influence", method, f"influence_{stem(method)}_{seed}{order_suffix(order)}.csv")
 
 
 def replay_check_path(out: str, method: str, seed: Union[int, str]) -> str:
@@ -129,8 +135,8 @@ def replay_check_path(out: str, method: str, seed: Union[int, str]) -> str:
     return os.path.join(out, "influence", method, f"replay_check_{seed}.json")
 
 
-def score_path(out: str, method: str, n: int, seed: int) -> str:
-    return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}.csv")
+def score_path(out: str, method: str, n: int, seed: int, order: int = 0) -> str:
+    return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}{order_suffix(order)}.csv")
 
 
 def checkpoint_path(run_dir: str, epoch: int) -> str:
@@ -164,16 +170,19 @@ def solver_figure_path(out: str, seed: int) -> str:
     return os.path.join(out, "fig", f"if_solver_seed{seed}.png")
 
 
-SCORE_RE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)\.csv$")
-INFLUENCE_RE = re.compile(r"influence_.+_(\d+)\.csv$")
+SCORE_RE = re.compile(r"score_delete_worst_(\d+)_seed_(\d+)(?:_order(\d+))?\.csv$")
+INFLUENCE_RE = re.compile(r"influence_.+_(\d+)\.csv$")  # order 0 only: a control's other orders end in _order<r>
 
 
-def score_files(out: str) -> List[Tuple[str, int, int, str]]:
-    """(method, n removed, seed, path) of every score CSV in `out`, sorted by path."""
+def score_files(out: str) -> List[Tuple[str, int, int, int, str]]:
+    """(method, n removed, seed, order, path) of every score CSV in `out`, sorted by path (order: a
+    control's removal order, 0 for every other method)."""
     found = []
     for path in sorted(glob.glob(os.path.join(out, "score", "*", "score_delete_worst_*_seed_*.csv"))):
         m = SCORE_RE.search(path)
-        found.append((os.path.basename(os.path.dirname(path)), int(m.group(1)), int(m.group(2)), path))
+        if m:
+            found.append((os.path.basename(os.path.dirname(path)), int(m.group(1)), int(m.group(2)),
+                          int(m.group(3) or 0), path))
     return found
 
 

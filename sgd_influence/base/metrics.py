@@ -13,6 +13,11 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.045, 2.042)
 
 
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (T975; 1.96 beyond 30)."""
+    return T975[df - 1] if df <= len(T975) else 1.96
+
+
 def t_interval(values: Sequence[float]) -> Tuple[float, Optional[float], Optional[float], Optional[float]]:
     """(mean, sample sd, low, high) of the 95% t-interval of the mean: mean -/+ t_{.975, n-1} sd / sqrt(n);
     sd and the interval are None for a single value."""
@@ -21,7 +26,7 @@ def t_interval(values: Sequence[float]) -> Tuple[float, Optional[float], Optiona
     if len(v) < 2:
         return mean, None, None, None
     sd = float(v.std(ddof=1))
-    half = (T975[len(v) - 2] if len(v) - 1 <= len(T975) else 1.96) * sd / math.sqrt(len(v))
+    half = t975(len(v) - 1) * sd / math.sqrt(len(v))
     return mean, sd, mean - half, mean + half
 
 

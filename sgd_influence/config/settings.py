@@ -109,6 +109,9 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("--methods", nargs="+", choices=list(DRIVER_METHODS), default=list(default_methods),
                    metavar="METHOD", help=f"methods to run, any of {' '.join(DRIVER_METHODS)} "
                                           f"(one training serves them all)")
+    p.add_argument("--random-orders", type=positive_int, default=1, metavar="R",
+                   help="Random: R seeded removal orders per trial, each with its own retraining at every n; "
+                        "analyze compares each method with their mean (a larger R later adds only the new orders)")
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crop and flip (the published code augments)")
     p.add_argument("--label-noise", type=fraction, default=None, metavar="P",

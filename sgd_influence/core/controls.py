@@ -32,7 +32,9 @@ def negated_training_loss(data: Data, batch_size: int = 500, net: Callable = cnn
     return out
 
 
-def random_key(n: int, seed: int) -> np.ndarray:
+def random_key(n: int, seed: int, order: int = 0) -> np.ndarray:
     """Control `Random`: a seeded random sort key of the n training instances (not a predicted
-    change of the validation loss; removal in its ascending order is a random order)."""
-    return np.random.default_rng([seed, 2]).random(n)
+    change of the validation loss; removal in its ascending order is a random order). `order` r picks
+    one of the trial's independent orders (--random-orders): r = 0 is the one runs before that
+    option used, r > 0 draws from the key [seed, 2, r]."""
+    return np.random.default_rng([seed, 2] + ([order] if order else [])).random(n)

@@ -28,7 +28,7 @@ from ..base.errors import UserError, run_command
 from .cluster import run_phases
 from ..core.eval import retrain
 from ..core.infl import load_final_model, retrace, val_gradient
-from ..base.methods import METHODS, needs_step_params, retrains_all
+from ..base.methods import METHODS, is_control, needs_step_params, retrains_all
 from ..base.layout import noise_path, step_params_path, step_record_path
 from ..config.noise import write_flipped_csv
 from .runner import run_units
@@ -69,10 +69,13 @@ def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
 
 
 def random_unit(args, method: str, seed: int, progress: bool = True) -> None:
-    """Control: a seeded random removal order (the 'influence' column is the random key)."""
+    """Control: --random-orders seeded random removal orders (the 'influence' column is the random key);
+    order 0 last, the file whose presence the resumption of runs before that option checks."""
     data = data_for(args, seed)
-    layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),
-                           data.train.ids, data.train.y, random_key(len(data.train), seed))
+    for r in reversed(orders(args, method)):
+        path = layout.influence_path(args.output_dir, method, seed, r)
+        if not os.path.exists(path):
+            layout.write_influence_csv(path, data.train.ids, data.train.y, random_key(len(data.train), seed, r))
 
 
 def loss_unit(args, method: str, seed: int, progress: bool = True) -> None:
@@ -102,6 +105,15 @@ METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Replay": retrace_un
                 "Random": random_unit}
 
 
+def orders(args, method: str) -> range:
+    """The removal orders of `method` in a trial: --random-orders for a control, one otherwise."""
+    return range(args.random_orders if is_control(method) else 1)
+
+
+def influence_done(args, method: str, seed: int) -> bool:
+    return all(os.path.exists(layout.influence_path(args.output_dir, method, seed, r)) for r in orders(args, method))
+
+
 def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) -> None:
     """Retrain without the n first instances of the method's order; n = 0 is shared."""
     data = data_for(args, seed)
@@ -112,13 +124,26 @@ def eval_unit(args, methods: tuple, n: int, seed: int, progress: bool = True) ->
         layout.write_score_csv(layout.score_path(args.output_dir, m, n, seed), rows)
 
 
+def eval_order_unit(args, method: str, order: int, n: int, seed: int, progress: bool = True) -> None:
+    """Retrain without the n first instances of a control's removal order `order` > 0 (--random-orders)."""
+    data = data_for(args, seed)
+    removed = layout.read_removal_order(layout.influence_path(args.output_dir, method, seed, order))[:n]
+    rows = retrain(data, layout.train_dir(args.output_dir, seed), removed, args.retrain_all, args.batch_size,
+                   network.from_args(args))
+    layout.write_score_csv(layout.score_path(args.output_dir, method, n, seed, order), rows)
+
+
 def unit_needs(unit: tuple, earlier: tuple) -> bool:
     """Whether `unit` reads what `earlier`, a unit of an earlier phase, writes: units of one
     trial (the last element of each unit) read its training; a retraining that removes
-    instances (n > 0) reads the influence files of its methods."""
+    instances (n > 0) reads the influence files of its methods (a control's unit writes all its orders)."""
     if unit[-1] != earlier[-1]:
         return False
-    return earlier[0] is train_unit or (unit[0] is eval_unit and unit[2] > 0 and earlier[1] in unit[1])
+    if earlier[0] is train_unit:
+        return True
+    if unit[0] is eval_order_unit:
+        return earlier[1] == unit[1]
+    return unit[0] is eval_unit and unit[2] > 0 and earlier[1] in unit[1]
 
 
 def write_flipped(args, seeds: Sequence[int]) -> None:
@@ -202,9 +227,11 @@ def run_experiment(args) -> None:
             units.append((eval_unit, tuple(args.methods), 0, s))
         units += [(eval_unit, (m,), n, s) for m in args.methods for n in sizes
                   if n > 0 and not os.path.exists(layout.score_path(args.output_dir, m, n, s))]
+        units += [(eval_order_unit, m, r, n, s) for m in args.methods for r in orders(args, m)[1:] for n in sizes
+                  if n > 0 and not os.path.exists(layout.score_path(args.output_dir, m, n, s, r))]
     phases = [("train", [(train_unit, s) for s in seeds if not train_done(args, s)]),
               ("influence", [(METHOD_UNITS[m], m, s) for s in seeds for m in args.methods
-                             if not os.path.exists(layout.influence_path(args.output_dir, m, s))]),
+                             if not influence_done(args, m, s)]),
               ("retrain", units)]
     if args.scheduler:  # all phases at once, each unit after the units it needs
         run_phases(args, phases, unit_needs)
