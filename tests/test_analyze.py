@@ -294,3 +294,61 @@ def test_paired_differences_against_hand_computed_interval():
     assert r["difference_mean"] == pytest.approx(0.005) and r["distinguishable"] is False
     one = paired_differences({"Ours": {10: {0: .9}}, "Random": {10: {0: .8}}})
     assert one[0]["ci95_low"] is None and one[0]["distinguishable"] is None
+    assert rows[10]["verdict"] == "up" and rows[30]["verdict"] == "undecided"
+
+
+def test_trials_needed_is_the_fewest_with_the_half_width():
+    """t_{.975, N-1} sd / sqrt(N) <= target at N = trials_needed, not at N - 1 (hand-checked values)."""
+    from sgd_influence.base.metrics import t975
+    assert A.trials_needed(0.0, 0.005) == 2
+    # sd 0.009: N = 15 gives 2.145 * .009 / sqrt 15 = 0.00498; N = 14 gives 2.160 * .009 / sqrt 14 = 0.00520
+    assert A.trials_needed(0.009, 0.005) == 15
+    for sd in (0.004, 0.009, 0.017, 0.03):
+        n = A.trials_needed(sd, 0.005)
+        assert t975(n - 1) * sd / np.sqrt(n) <= 0.005 < (t975(n - 2) * sd / np.sqrt(n - 1) if n > 2 else 1)
+    d = [0.02, 0.01, 0.0, 0.03]  # the paired table carries it at the observed sd
+    row = A.paired_differences({"Hara": {8: dict(enumerate(d))}, "Random": {8: dict.fromkeys(range(4), 0.0)}},
+                               primary=8)[0]
+    assert row["trials_needed"] == A.trials_needed(np.std(d, ddof=1), 0.005) and row["primary"] is True
+    assert row["ci95_half_width"] == pytest.approx((row["ci95_high"] - row["ci95_low"]) / 2)
+
+
+def write_orders_folder(out, idx_dir):
+    """Hara and Random (three orders) over 4 trials at n = 2 (the primary: 5% of 40) and 10; known accuracies
+    and losses. Random's orders: order r of trial s scores 0.70 + 0.01 * s + 0.02 * r (loss: 1 - that)."""
+    layout.write_json(os.path.join(out, "run.json"), {"settings": settings(idx_dir, remove_n_list=[0, 2, 10])})
+    row = lambda acc: [(0.5, 1.0 - acc, 0.5, acc)]  # noqa: E731 val_loss, test_loss, val_accuracy, test_accuracy
+    for s in range(4):
+        for n in (2, 10):
+            layout.write_score_csv(layout.score_path(out, "Hara", n, s), row(0.75 + 0.01 * s + (0.005 if s % 2 else 0)))
+            for r in range(3):
+                layout.write_score_csv(layout.score_path(out, "Random", n, s, r), row(0.70 + 0.01 * s + 0.02 * r))
+        for m in ("Hara", "Random"):
+            layout.write_score_csv(layout.score_path(out, m, 0, s), row(0.72))
+
+
+def test_random_orders_averaged_loss_paired_and_verdict(idx_dir, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    write_orders_folder(out, idx_dir)
+    A.analyze(out, images=False)
+    summary = {(r["method"], r["n_removed"]): r for r in read_csv(os.path.join(out, "summary", "summary.csv"))}
+    # Random's trial value is the mean of its three orders: 0.72 + 0.01 s; over s = 0..3: 0.735
+    assert float(summary[("Random", "2")]["test_accuracy_mean"]) == pytest.approx(0.735, abs=1e-6)
+    assert float(summary[("Random", "2")]["test_loss_mean"]) == pytest.approx(0.265, abs=1e-6)
+    paired = [r for r in read_csv(os.path.join(out, "summary", "paired_vs_random.csv"))]
+    acc = {r["n_removed"]: r for r in paired if r["metric"] == "test_accuracy" and r["method"] == "Hara"}
+    loss = {r["n_removed"]: r for r in paired if r["metric"] == "test_loss" and r["method"] == "Hara"}
+    d = [0.03, 0.035, 0.03, 0.035]  # Hara - mean of Random's orders, trial by trial
+    assert float(acc["2"]["difference_mean"]) == pytest.approx(np.mean(d), abs=1e-6)
+    assert float(loss["2"]["difference_mean"]) == pytest.approx(-np.mean(d), abs=1e-6)  # loss = 1 - accuracy
+    assert acc["2"]["primary"] == "True" and acc["10"]["primary"] == "False" and acc["2"]["verdict"] == "up"
+    assert float(acc["2"]["control_orders"]) == 3 and loss["2"]["trials_needed"] == ""
+    # the spread against one order (Random's order 0 alone) vs against the mean of three
+    spread = {(r["method"], r["n_removed"]): r for r in read_csv(os.path.join(out, "summary", "control_orders.csv"))}
+    one = [0.05, 0.055, 0.05, 0.055]  # Hara - order 0: the same spread here, the orders shift by a constant
+    assert float(spread[("Hara", "2")]["sd_one_order"]) == pytest.approx(np.std(one, ddof=1), abs=1e-6)
+    assert float(spread[("Hara", "2")]["sd_mean_of_orders"]) == pytest.approx(np.std(d, ddof=1), abs=1e-6)
+    printed = capsys.readouterr().out
+    assert "primary: n = 2 = 5% of the training set" in printed
+    assert "Hara - Random, n = 2 (primary): decided up: +0.0325" in printed
+    assert "secondary (1 intervals; at 95% about 0.1 of them exclude 0 by chance alone)" in printed

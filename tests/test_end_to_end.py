@@ -75,3 +75,26 @@ def test_missing_dataset_is_one_clear_line(tmp_path):
     assert "Traceback" not in r.stderr
     err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "cifar-10" in err[0] and str(tmp_path) in err[0]
+
+
+def test_more_random_orders_add_only_their_own_units(finished_tiny_run, idx_dir, tmp_path):
+    """--random-orders 3 on a finished run (made with the default, one order): each trial gains orders 1 and 2
+    of Random, drawn independently, and their retrainings at every n > 0; no earlier file changes."""
+    import shutil
+    import numpy as np
+    from sgd_influence.base import layout as L
+    out = str(tmp_path / "o")
+    shutil.copytree(finished_tiny_run, out)
+    before = {f: open(os.path.join(out, f), "rb").read() for f in layout(out)
+              if f.startswith(("influence/", "score/", "train/"))}
+    r = run(["-o", out, "--random-orders", "3", "--methods", "Random"] + TINY_RUN, idx_dir)
+    assert r.returncode == 0, r.stderr
+    after = layout(out)
+    assert all(open(os.path.join(out, f), "rb").read() == b for f, b in before.items())
+    new = sorted(f for f in after if f.startswith(("influence/", "score/")) and f not in before)
+    assert new == ["influence/Random/influence_random_0_order1.csv", "influence/Random/influence_random_0_order2.csv",
+                   "score/Random/score_delete_worst_4_seed_0_order1.csv",
+                   "score/Random/score_delete_worst_4_seed_0_order2.csv"]
+    orders = [L.read_removal_order(L.influence_path(out, "Random", 0, k)) for k in range(3)]
+    assert all(sorted(o) == list(range(48)) for o in orders)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
