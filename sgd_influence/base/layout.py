@@ -103,15 +103,46 @@ def read_folder(path: str) -> Folder:
     return Folder(path, read_settings(path))
 
 
+# Settings that hold paths, and the command-line flags that set them: run.json stores them relative to the
+# output folder (so a folder copied elsewhere, e.g. into docs/, names no path of the machine that made it);
+# read_settings resolves them again.
+PATH_SETTINGS = ("output_dir", "data_dir", "train_csv", "val_csv", "test_csv")
+PATH_FLAGS = ("-o", "--output_dir", "--output-dir", "--data-dir", "--train-csv", "--val-csv", "--test-csv")
+
+
+def relative_to(out: str, path: Optional[str]) -> Optional[str]:
+    return None if path is None else os.path.relpath(os.path.abspath(path), os.path.abspath(out))
+
+
+def portable_settings(out: str, settings: dict) -> dict:
+    """`settings` with its PATH_SETTINGS relative to the output folder `out`."""
+    return {k: relative_to(out, v) if k in PATH_SETTINGS and isinstance(v, str) else v for k, v in settings.items()}
+
+
+def portable_command(out: str, argv: List[str]) -> str:
+    """The command line `argv` with the script as its file name and every path flag's value relative to `out`."""
+    words = [os.path.basename(argv[0])] if argv else []
+    for i, w in enumerate(argv[1:], 1):
+        flag, eq, value = w.partition("=")
+        if eq and flag in PATH_FLAGS:
+            w = f"{flag}={relative_to(out, value)}"
+        elif argv[i - 1] in PATH_FLAGS:
+            w = relative_to(out, w)
+        words.append(w)
+    return " ".join(words)
+
+
 def read_settings(out: str) -> dict:
-    """The `settings` of OUT/run.json ({} without one); a damaged run.json is one error line."""
+    """The `settings` of OUT/run.json ({} without one), its relative paths resolved against `out`; a damaged
+    run.json is one error line."""
     path = os.path.join(out, "run.json")
     if not os.path.exists(path):
         return {}
     info = read_json(path)
     if not isinstance(info, dict) or not isinstance(info.get("settings", {}), dict):
         raise corrupt(path, "not a run.json written by this tool")
-    return info.get("settings", {})
+    return {k: os.path.normpath(os.path.join(os.path.abspath(out), v))
+            if k in PATH_SETTINGS and isinstance(v, str) else v for k, v in info.get("settings", {}).items()}
 
 
 def train_dir(out: str, seed: int, twin: bool = False) -> str:
@@ -137,6 +168,16 @@ def replay_check_path(out: str, method: str, seed: Union[int, str]) -> str:
 
 def score_path(out: str, method: str, n: int, seed: int, order: int = 0) -> str:
     return os.path.join(out, "score", method, f"score_delete_worst_{n}_seed_{seed}{order_suffix(order)}.csv")
+
+
+def rounding_dir(out: str) -> str:
+    """checks/rounding.py's replays of one trial's retrainings from a half-ulp-moved theta[K-1]."""
+    return os.path.join(out, "rounding")
+
+
+def rounding_score_path(out: str, method: str, n: int, seed: int, order: int, replay: int) -> str:
+    return os.path.join(rounding_dir(out), "score", method,
+                        f"score_delete_worst_{n}_seed_{seed}{order_suffix(order)}_ulp{replay}.csv")
 
 
 def checkpoint_path(run_dir: str, epoch: int) -> str:

@@ -130,7 +130,8 @@ def data_source(task: str, data_dir: str) -> str:
 
 
 def describe_data(task: str, data_dir: str) -> dict:
-    """hara71.json's "data": the source, its path (and the subset's checked sha256), the pool."""
+    """hara71.json's "data": the source, its path (and the subset's checked sha256), the pool (hara71.json
+    stores the path relative to the output folder)."""
     source = data_source(task, data_dir)
     if source == SOURCE_MNIST5K:
         path = mnist5k_path(data_dir)
@@ -759,6 +760,7 @@ def run(args) -> dict:
         raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
     check_cache(out, settings, args.overwrite)
     data = describe_data(settings["task"], args.data_dir)  # the subset's checksum is checked here
+    data["path"] = layout.relative_to(out, data["path"])  # hara71.json names no path of this machine
     layout.remove_stale_temporaries(cache_dir(out))
     seeds = list(range(args.trials))
     todo = [s for s in seeds if not os.path.exists(trial_path(out, s))]

@@ -322,8 +322,9 @@ def prepare_output(args, trainings: Sequence[lds.Training] = ()) -> None:
         if diff:
             raise UserError(f"{out} holds a training of other settings ({'; '.join(diff)}); use another -o")
     else:
-        layout.write_json(run_json, {"command": " ".join(sys.argv), "tool": "validate_influence",
-                                 "settings": settings_of(args), "code_version": code_version()})
+        layout.write_json(run_json, {"command": layout.portable_command(out, sys.argv), "tool": "validate_influence",
+                                     "settings": layout.portable_settings(out, settings_of(args)),
+                                     "code_version": code_version()})
     if args.lds:
         for t in trainings:
             folder = lds.cache_dir(out, t)

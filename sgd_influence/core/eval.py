@@ -8,7 +8,7 @@ removed instances skipped and the gradient still divided by the recorded
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,15 +17,20 @@ from models import cnn
 from .graphs import GraphCache, evaluate
 from ..base.layout import step_record_path
 from .step_record import StepRecord
-from .train import SGD, load_model, replay_steps
+from .train import SGD, load_model, perturb_half_ulp, replay_steps
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
-            batch_size: int, net: Callable = cnn) -> List[Tuple[float, float, float, float]]:
-    """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch."""
+            batch_size: int, net: Callable = cnn,
+            start_key: Optional[Sequence[int]] = None) -> List[Tuple[float, float, float, float]]:
+    """Rows (val_loss, test_loss, val_accuracy, test_accuracy), one per retrained epoch. `start_key`: the
+    starting checkpoint moved by `perturb_half_ulp(start_key)` first (a replay that differs from the
+    recorded training by float32 rounding only; checks/rounding.py)."""
     record = StepRecord.load(step_record_path(run_dir))
     first = 0 if retrain_all else record.n_epochs - 1
     sgd = SGD(load_model(data, run_dir, first, batch_size, net), data)
+    if start_key is not None:
+        perturb_half_ulp(start_key)
     test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
     keep = np.ones(len(data.train), bool)
     keep[removed] = False

@@ -184,8 +184,8 @@ def check_or_reset_output(args) -> None:
 
 
 def write_run_json(args, context: str) -> None:
-    settings = {k: v for k, v in vars(args).items() if k != "overwrite"}
-    info = {"command": " ".join(sys.argv), "settings": settings, "context": context,
+    settings = layout.portable_settings(args.output_dir, {k: v for k, v in vars(args).items() if k != "overwrite"})
+    info = {"command": layout.portable_command(args.output_dir, sys.argv), "settings": settings, "context": context,
             **({"gpu_environment": {k: os.environ.get(k) for k in GPU_ENVIRONMENT}} if context == "cudnn" else {}),
             "code_version": code_version(), "python": platform.python_version(),
             "nnabla": nnabla.__version__, "numpy": np.__version__}
