@@ -348,6 +348,10 @@ def test_random_orders_averaged_loss_paired_and_verdict(idx_dir, tmp_path, capsy
     one = [0.05, 0.055, 0.05, 0.055]  # Hara - order 0: the same spread here, the orders shift by a constant
     assert float(spread[("Hara", "2")]["sd_one_order"]) == pytest.approx(np.std(one, ddof=1), abs=1e-6)
     assert float(spread[("Hara", "2")]["sd_mean_of_orders"]) == pytest.approx(np.std(d, ddof=1), abs=1e-6)
+    with open(os.path.join(out, "summary", "verdict.md")) as f:
+        md = f.read()
+    assert "| 2 (primary) | Hara | 4 | 0.7675 ± 0.0144 | 0.2325 ± 0.0144 | +0.0325 [" in md  # by hand
+    assert "decided up" in md
     printed = capsys.readouterr().out
     assert "primary: n = 2 = 5% of the training set" in printed
     assert "Hara - Random, n = 2 (primary): decided up: +0.0325" in printed

@@ -14,6 +14,7 @@ first OUT):
                              the trials a half-width of 0.005 (half a point of accuracy) would need at
                              that std, whether it excludes 0, and the verdict (up, down, undecided);
                              n = 5% of the training set is the primary comparison (analyze prints it)
+  summary/verdict.md         the same as one Markdown table per n, and the verdict lines analyze prints
   summary/control_orders.csv with --random-orders R > 1: the spread of method - Random over trials against
                              one order and against the mean of the R, and the spread between orders
   summary/table1_cache.csv   the paper's Table 1: cache of all epochs' parameters (theta x T x K),
@@ -289,6 +290,30 @@ def verdict_lines(rows: Sequence[dict], primary: Optional[int]) -> List[str]:
     return out
 
 
+def verdict_markdown(rows: Sequence[Row], paired: Sequence[dict], verdict: Sequence[str]) -> str:
+    """summary/verdict.md: per n, each method's test accuracy and loss (mean ± sd over trials) and its paired
+    difference from the control with the 95% interval and the trials a half-width of 0.005 would need; then
+    the verdict lines."""
+    diff = {(r["metric"], r["method"], r["n_removed"]): r for r in paired}
+
+    def interval(r):
+        if r is None:
+            return ""
+        if r["ci95_low"] is None:
+            return f"{r['difference_mean']:+.4f}"
+        return f"{r['difference_mean']:+.4f} [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}]"
+    lines = ["| n removed | method | trials | test accuracy | test loss | accuracy − control [95%] | "
+             "loss − control [95%] | trials for ±0.005 |", "|---:|---|---:|---:|---:|---|---|---:|"]
+    for n in sorted({r.n_removed for r in rows}):
+        for r in (r for r in rows if r.n_removed == n):
+            acc, loss = diff.get(("test_accuracy", r.method, n)), diff.get(("test_loss", r.method, n))
+            needed = "" if acc is None or acc["trials_needed"] is None else str(acc["trials_needed"])
+            star = " (primary)" if acc is not None and acc["primary"] else ""
+            lines.append(f"| {n}{star} | {r.method} | {r.n_trials} | {r.mean:.4f} ± {r.std:.4f} | "
+                         f"{r.loss_mean:.4f} ± {r.loss_std:.4f} | {interval(acc)} | {interval(loss)} | {needed} |")
+    return "\n".join(lines) + "\n\n```\n" + "\n".join(verdict) + "\n```\n"
+
+
 def control_order_rows(first: Scores, mean: Scores, counts: Dict[str, Dict[int, Dict[int, int]]],
                        control: str = CONTROL) -> List[dict]:
     """--random-orders: per method and n, the sample sd over trials of method - control against the
@@ -446,7 +471,11 @@ def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str], List[
         panels = {bs: ([r for r in rows if r.batch_size == bs], no_removal(inp.scores[bs])) for bs in sizes}
         plot_batch_sizes(panels, os.path.join(out, "fig", "batch_size.png"), dataset)
         written.append("fig/batch_size.png")
-    return rows, written, verdict_lines(paired, primary)
+    verdict = verdict_lines(paired, primary)
+    if verdict:
+        layout.write_text(os.path.join(out, "summary", "verdict.md"), verdict_markdown(prow, paired, verdict))
+        written.append("summary/verdict.md")
+    return rows, written, verdict
 
 
 def removal_sizes(inp: Inputs) -> List[int]:
