@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
+from sgd_influence.base import layout
 from datasets import load_dataset
 from datasets.pipeline import resize, resize_matrix, short_edge_size
 from sgd_influence.base import layout
@@ -192,7 +193,9 @@ def test_driver_on_nnc_csv(tmp_path):
     assert [float(r[2]) for r in rows[1:]] == sorted(float(r[2]) for r in rows[1:])
     for m, f in (("Ours", "ours"), ("Random", "random")):
         assert (out / "score" / m / "score_delete_worst_2_seed_0.csv").exists()
-    settings = json.loads((out / "run.json").read_text())["settings"]
+    stored = json.loads((out / "run.json").read_text())["settings"]
+    assert stored["train_csv"] == "../mydata/train.csv"  # relative to the output folder: the folder can move
+    settings = layout.read_settings(str(out))
     assert settings["train_csv"] == str(tmp_path / "mydata" / "train.csv")
     assert settings["val_csv"] == str(tmp_path / "mydata" / "val.csv")
 

@@ -19,6 +19,7 @@ from models import cnn
 from sgd_influence.core import network
 from sgd_influence.config import settings
 from sgd_influence.core.eval import retrain
+from sgd_influence.base import layout
 from sgd_influence.base.errors import UserError
 from sgd_influence.core.graphs import BranchRecorder, LossGraph
 from sgd_influence.core.infl import retrace
@@ -223,7 +224,7 @@ def test_export_clean_builtin_dataset_writes_pngs(idx_dir, tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     dest = out / "export" / "Random_without_7_seed0"
-    run = settings.data_for(settings.args_from_settings(json.loads((out / "run.json").read_text())["settings"]), 0)
+    run = settings.data_for(settings.args_from_settings(layout.read_settings(str(out))), 0)
     clean = load_dataset("csv", 0, train_csv=str(dest / "train.csv"), test_csv=str(dest / "removed.csv"))
     with open(dest / "removed.csv", newline="") as f:
         removed = [int(r[3]) for r in list(csv.reader(f))[1:]]
