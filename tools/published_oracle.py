@@ -25,6 +25,9 @@ outside this repository (it is never committed), e.g.
    record, final checkpoint and per-step store) and the published outputs, for tests/test_published.py.
 
 Exit status 0 when both methods reproduce the published output (--rtol), else 1; errors: 2.
+The tool executes the published code found in DIR, and that code loads the `info.npy` this tool
+wrote (its format is a serialised object array): give it a checkout you trust. Nothing of this
+project reads that file.
 """
 import argparse
 import functools
@@ -130,7 +133,8 @@ def convert(data: Data, run_dir: str, net, widths, seed: int, bundle_size: int, 
                           "seeds": [int(s) for s in seeds]}
     weights = os.path.join(folder, "weights")
     os.makedirs(weights, exist_ok=True)
-    np.save(os.path.join(weights, "info.npy"), info, allow_pickle=True)  # the published format (written, never read here)
+    # The published format: an object array of dicts (np.save serialises it; only the published code reads it).
+    np.save(os.path.join(weights, "info.npy"), info)
     init_model(data, 0, len(record.batch(0)[0]), net)
     load_checkpoint(layout.checkpoint_path(run_dir, n_epochs))
     save_published(os.path.join(weights, f"epoch{n_epochs - 1:02d}", "weights", "final_model.h5"))
