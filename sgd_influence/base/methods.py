@@ -42,6 +42,12 @@ class Method:
         return bool(self.retrace) and self.retrace.get("trajectory") == "replay"
 
     @property
+    def as_published(self) -> bool:
+        """The published code's computation, its departures from the papers kept (core/published.py):
+        opt-in everywhere (in no default method list)."""
+        return bool(self.retrace) and bool(self.retrace.get("as_published"))
+
+    @property
     def window(self) -> str:
         """The steps its retrace walks back through: "last" (the last epoch), or "all" (every epoch,
         theta[T] back to theta[0]); its counterfactual is then retraining from theta[0] (-ra)."""
@@ -62,7 +68,13 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("TracIn_last", "tracin_last", retrace=dict(method="Ours", retrace_u=False), settings=RETRACE_SETTINGS),
     Method("Loss", "loss"),
     Method("Random", "random", seeded=True, control=True, plot_rank=3),
-    # The published code's two variants of Ours, for the single-instance check only (infl.retrace).
+    # The published scripts' computation of Hara and Ours (core/published.py): the u update divided by |S_t|
+    # twice, per-sample gradients at batch size 1, double backward; Hara's theta[t] from its bundled cache.
+    Method("Hara_published", "hara_published", retrace=dict(method="Hara", as_published=True),
+           settings=("published_bundle_size",)),
+    Method("Ours_published", "ours_published", retrace=dict(method="Ours", as_published=True)),
+    # One departure of the published code each (Ours_published has both), at the run's --retrace and
+    # --bn-coupling: what each departure alone changes (validate_influence.py only; infl.retrace).
     Method("Ours_hu_over_batch", "ours_hu_over_batch", retrace=dict(method="Ours", hu_over_batch=True),
            settings=RETRACE_SETTINGS, driver=False),
     Method("Ours_sample_alone", "ours_sample_alone", retrace=dict(method="Ours", sample_grads_alone=True),

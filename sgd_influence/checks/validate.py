@@ -14,10 +14,11 @@ involve j and replay bit for bit to the stored theta[t_j] (Hara's per-step
 store), so each counterfactual starts there and replays only steps t_j..T-1.
 
 Estimates of the same instances: Hara, Ours, Influence_functions, and two
-ablations of the Ours retrace reproducing the published code's variants
+ablations of the Ours retrace with one departure of the published code each
 (`infl.retrace` options): `Ours_hu_over_batch` (u update with an extra
 1/|S_t|) and `Ours_sample_alone` (per-sample gradients at batch size 1, batch
-norm in training mode).
+norm in training mode); any other method of the table on request, the published
+computation itself included (`Hara_published`, `Ours_published`: core/published.py).
 
 Resumable: each method's scores and the counterfactuals done so far are kept
 in OUT/validation/cache/ (written atomically), and a re-run skips them.
@@ -52,7 +53,7 @@ from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreemen
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
 from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
-                               add_replay_memory, build_parser as driver_parser, check_settings, code_version,
+                               add_published_bundle_size, add_replay_memory, build_parser as driver_parser, check_settings, code_version,
                                device, differences, nonneg_int, positive_float, positive_int, replay_budget,
                                set_context)
 from ..core.step_record import StepRecord
@@ -64,8 +65,10 @@ ESTIMATORS = tuple(METHODS)
 SINGLE_DEFAULT = ("Hara", "Ours", "Influence_functions", "Ours_hu_over_batch", "Ours_sample_alone")
 # LDS: every scoring method the drivers know, and Random (its LDS must come out near 0); not those that
 # compute another's scores (Replay: Hara's, byte for byte on the CPU), which --methods still accepts.
-# Nor Replay_all, whose counterfactual (retraining every epoch) is not the last-epoch truth measured here.
-LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None and METHODS[n].window == "last")
+# Nor Replay_all, whose counterfactual (retraining every epoch) is not the last-epoch truth measured here,
+# nor the published computations (Hara_published, Ours_published: opt-in).
+LDS_DEFAULT = tuple(n for n in DRIVER_METHODS if METHODS[n].scores_of is None and METHODS[n].window == "last"
+                    and not METHODS[n].as_published)
 # The settings an estimator's scores depend on beyond the training's: its own options, and the
 # seed where it draws random numbers.
 ESTIMATOR_SETTINGS = {n: m.settings + (("seed",) if m.seeded else ()) for n, m in METHODS.items()}
@@ -97,7 +100,8 @@ def estimate(name: str, data: Data, run_dir: str, args, net: Callable, progress:
         budget, source = replay_budget(args.replay_memory)
         report = (lambda r: layout.write_json(replay_check, dict(r, memory_budget=source))) if replay_check else None
         return retrace(data, run_dir, batch_size=args.batch_size, progress=progress, net=net, mode=args.retrace,
-                       bn_coupling=args.bn_coupling == "on", replay_memory=budget, on_replay=report, **spec)
+                       bn_coupling=args.bn_coupling == "on", replay_memory=budget, on_replay=report,
+                       bundle_size=args.published_bundle_size, **spec)
     if name == "Random":
         return random_key(len(data.train), args.seed)
     load_final_model(data, run_dir, args.n_epochs, args.batch_size, net)
@@ -487,6 +491,8 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                "across_trainings": across, "twin": twin_rows,
                "settings": {**settings_of(args), "lds_fraction": fractions, "lds_subsets": m, "noise_replays": k,
                             "trials": args.trials, "lds_twin": args.lds_twin, "methods": list(args.methods),
+                            **({"published_bundle_size": args.published_bundle_size}
+                               if "Hara_published" in args.methods else {}),
                             "lds_window": args.lds_window},
                "seconds_this_run": {key: round(v, 1) for key, v in seconds.items()}}
     w = lds.window_of(args)
@@ -624,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES,
                    default=driver.get_default("bn_coupling"),
                    help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
+    add_published_bundle_size(p)
     add_replay_memory(p)
     p.add_argument("-di", "--device-id", type=device, default="0",
                    help="GPU id when nnabla-ext-cuda is installed, or cpu")

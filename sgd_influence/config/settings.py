@@ -24,6 +24,7 @@ from datasets import DATASETS, load_dataset
 from ..base import layout
 from ..base.environment import ROOT
 from ..core import network
+from ..core.published import BUNDLE_SIZE
 from ..base.errors import UserError
 from ..base.methods import DRIVER_METHODS, METHODS
 from .noise import with_label_noise
@@ -126,6 +127,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "change of the batch statistics that removing the sample causes (on: the retrace's batch norm "
                         "weights its statistics by the per-sample weights) or holds them fixed (off: the convention "
                         "before)")
+    add_published_bundle_size(p)
     add_replay_memory(p)
     network.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
@@ -146,6 +148,13 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     g.add_argument("--if-last-iterate", action="store_true",
                    help="use the solver's last iterate (as published) instead of the mean over its second half")
     return p
+
+
+def add_published_bundle_size(p: argparse.ArgumentParser) -> None:
+    """--published-bundle-size N (the drivers, validate_influence.py)."""
+    p.add_argument("--published-bundle-size", type=positive_int, default=BUNDLE_SIZE, metavar="N",
+                   help="Hara_published: steps per bundle of the published per-step cache, whose files all hold the "
+                        "parameters of their bundle's last step (published: 200; 1: every step its own)")
 
 
 def add_replay_memory(p: argparse.ArgumentParser) -> None:

@@ -57,6 +57,9 @@ both are off by default):
 - `sample_grads_alone`: <u, g(z_j)> from a forward of z_j alone in training
   mode, so batch norm normalises each sample by its own statistics instead
   of the batch's.
+`as_published=True` (the methods Hara_published and Ours_published, published.py) turns both on,
+with the exact double backward and nnabla's own batch norm, and for Hara reads theta[t] as the
+published per-step cache leaves it (bundles of `bundle_size` steps holding their last step's theta).
 """
 from __future__ import annotations
 
@@ -73,6 +76,7 @@ from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device
                      zero_grads)
 from ..base.layout import step_params_path, step_record_path
 from .params import StepParams, StepParamsReader
+from .published import AS_PUBLISHED, BUNDLE_SIZE, BundledStepParams
 from ..base.progress import bar as step_bar
 from .replay import WINDOWS, ReplayedTrajectory, window_steps
 from .step_record import StepRecord
@@ -136,7 +140,7 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             hu_over_batch: bool = False, sample_grads_alone: bool = False,
             on_step: Optional[Callable] = None, resident: Optional[bool] = None, trajectory: str = "stored",
             replay_memory: Optional[int] = None, on_replay: Optional[Callable[[dict], None]] = None,
-            window: str = "last") -> np.ndarray:
+            window: str = "last", as_published: bool = False, bundle_size: int = BUNDLE_SIZE) -> np.ndarray:
     """Influence of every training instance, shape (n_train,): last-epoch setting (`window="last"`),
     or, with `trajectory="replay"`, all epochs (`window="all"`, the method Replay_all).
 
@@ -157,7 +161,13 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     report at the end (replay.ReplayedTrajectory.report, with the retrace's wall seconds).
     `window`: the steps walked back through, "last" (the last epoch) or "all" (every step of every
     epoch, theta[T] back to theta[0]; only with `trajectory="replay"`): the same loop either way.
+    `as_published`: the published code's computation (published.py; `mode`, `bn_coupling`, `hu_over_batch` and
+    `sample_grads_alone` are then its), for Hara with theta[t] from bundles of `bundle_size` steps.
     """
+    if as_published:
+        assert trajectory == "stored", trajectory
+        mode, bn_coupling, hu_over_batch, sample_grads_alone = (AS_PUBLISHED[k] for k in (
+            "mode", "bn_coupling", "hu_over_batch", "sample_grads_alone"))
     assert method in RETRACE_METHODS and mode in RETRACE_MODES and trajectory in TRAJECTORIES, \
         (method, mode, trajectory)
     assert trajectory == "stored" or method == "Hara", (method, trajectory)
@@ -166,6 +176,9 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     record = StepRecord.load(step_record_path(run_dir))
     at_step = step_parameters(data, run_dir, record, method, trajectory, batch_size, net, replay_memory, progress,
                               window)
+    steps = window_steps(record, window)
+    if as_published and at_step is not None:
+        at_step = BundledStepParams(at_step, len(steps), bundle_size)
     u = val_gradient(data, net=net)
     if on_device() if resident is None else resident:
         u = to_device(u)
@@ -174,7 +187,6 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     graphs = {}
     alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
-    steps = window_steps(record, window)
     for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
         if at_step is not None:
             at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed

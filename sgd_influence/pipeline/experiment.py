@@ -53,7 +53,7 @@ def train_unit(args, seed: int, progress: bool = True) -> None:
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
-    """Hara, Ours, Replay, Replay_all, TracIn_last: the retrace. Replay's and Replay_all's report (self-check,
+    """Hara, Ours, Replay, Replay_all, TracIn_last, Hara_published, Ours_published: the retrace. Replay's and Replay_all's report (self-check,
     copies held, steps replayed, budget) goes to influence/<Method>/replay_check_<seed>.json, before the influence CSV
     that marks the unit done."""
     data = data_for(args, seed)
@@ -61,7 +61,7 @@ def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
     check = layout.replay_check_path(args.output_dir, method, seed)
     influence = retrace(data, layout.train_dir(args.output_dir, seed), batch_size=args.batch_size, progress=progress,
                         net=network.from_args(args), mode=args.retrace, bn_coupling=args.bn_coupling == "on",
-                        replay_memory=budget,
+                        replay_memory=budget, bundle_size=args.published_bundle_size,
                         on_replay=lambda report: layout.write_json(check, dict(report, memory_budget=source)),
                         **METHODS[method].retrace)
     layout.write_influence_csv(layout.influence_path(args.output_dir, method, seed),  # last: marks the unit done
@@ -102,7 +102,7 @@ def influence_functions_unit(args, method: str, seed: int, progress: bool = True
 # Every method a driver can run (methods.DRIVER_METHODS): its unit writes its influence CSV.
 METHOD_UNITS = {"Hara": retrace_unit, "Ours": retrace_unit, "Replay": retrace_unit, "Replay_all": retrace_unit,
                 "Influence_functions": influence_functions_unit, "TracIn_last": retrace_unit, "Loss": loss_unit,
-                "Random": random_unit}
+                "Random": random_unit, "Hara_published": retrace_unit, "Ours_published": retrace_unit}
 
 
 def orders(args, method: str) -> range:
