@@ -17,6 +17,9 @@ epoch retraced, theta[t] replayed from params_epoch_0.h5, in memory) and one tra
 same settings (without Hara's store) run in child processes too: `replay_all_over_training`
 is Replay_all's whole call (replay + retrace) over that training (same clock).
 `--accuracy` adds full exact and finite-difference retraces and their agreement.
+The training recipe options of the drivers (--momentum, --weight-decay, --lr-schedule,
+--optimizer) train every run of the benchmark that way: e.g. `replay_over_hara` under momentum,
+where Replay also replays and holds the optimizer state.
 
 Writes benchmarks/results/<label>.json and prints a table; the last lines are
     retrace_over_train_step=<x> naive_over_fast=<y> ...
@@ -46,6 +49,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from sgd_influence.config.settings import HelpFormatter, build_parser, device, set_context  # noqa: E402
+from sgd_influence.core import optimizer  # noqa: E402
 
 _DRIVER = build_parser("", "", ())
 IF_DEFAULTS = {k: _DRIVER.get_default(f"if_{k}") for k in ("alpha", "lr", "momentum")}  # the drivers' solver
@@ -84,11 +88,18 @@ def load(args, n_train: int):
     return load_dataset(args.dataset, 0, args.data_dir, n_train, args.n_val, args.n_test)
 
 
+def recipe_of(settings: dict):
+    """(optimizer.Recipe, schedule) of the benchmark's recipe options (a dict of them)."""
+    import argparse as _argparse
+    return optimizer.from_args(_argparse.Namespace(**settings)), settings.get("lr_schedule", "constant")
+
+
 def train_run(args, data, run_dir: str) -> float:
     from sgd_influence.core.train import train
+    recipe, schedule = recipe_of(args.recipe)
     a = time.perf_counter()
     train(data, run_dir, seed=0, epochs=args.n_epochs, batch_size=args.batch_size, lr=args.lr,
-          keep_step_params=True, progress=False)
+          keep_step_params=True, progress=False, recipe=recipe, lr_schedule=schedule)
     return time.perf_counter() - a
 
 
@@ -98,11 +109,10 @@ def replay_steps(data, run_dir: str, n: int, drop: float) -> List[tuple]:
     from sgd_influence.base.layout import checkpoint_path
     from sgd_influence.core.step_record import StepRecord
     from sgd_influence.base.layout import step_record_path
-    from sgd_influence.core.train import SGD, init_model
+    from sgd_influence.core.train import trainer_at
     record = StepRecord.load(step_record_path(run_dir))
     bs = len(record.batch(0)[0])
-    sgd = SGD(init_model(data, 0, bs), data)
-    load_checkpoint(checkpoint_path(run_dir, record.n_epochs - 1))
+    sgd = trainer_at(data, run_dir, record, record.n_epochs - 1, bs)
     keep = np.random.default_rng(0).random(len(data.train)) >= drop
     steps = list(record.steps_of_epoch(record.n_epochs - 1))
     it = iter(steps[:n + 1])
@@ -235,8 +245,9 @@ def child(spec: dict) -> None:
     marks, resident, reports = [Clock.now()], [], []
     if spec["method"] == "train":  # one training, as the drivers run it (no per-step store)
         from sgd_influence.core.train import train
+        recipe, schedule = recipe_of(spec["recipe"])
         train(data, spec["run_dir"], seed=0, epochs=spec["n_epochs"], batch_size=spec["batch_size"], lr=spec["lr"],
-              keep_step_params=False, progress=False)
+              keep_step_params=False, progress=False, recipe=recipe, lr_schedule=schedule)
         end = Clock.now()
         with open(spec["out"], "w") as f:
             json.dump({"whole": [end[0] - marks[0][0], end[1] - marks[0][1]], "n_train": len(data.train)}, f)
@@ -279,15 +290,15 @@ def run_child(spec: dict, workdir: str) -> dict:
 
 def replay_runs(spec: dict, run_dir: str, n_train: int, workdir: str) -> Dict[str, dict]:
     """Replay's whole retrace in a child process: in memory (no budget), and checkpointed with the
-    smallest budget its scheme accepts (minimum_copies(T) rows)."""
+    smallest budget its scheme accepts (minimum_copies(T) rows; a row: every parameter and the
+    optimizer state, cache_size.json)."""
     from sgd_influence.core.replay import minimum_copies
     from sgd_influence.core.step_record import StepRecord
-    from sgd_influence.base.layout import step_record_path
-    from sgd_influence.core.params import StepParamsReader
-    from sgd_influence.base.layout import step_params_path
+    from sgd_influence.base.layout import read_json, step_record_path
     record = StepRecord.load(step_record_path(run_dir))
     steps = len(record.steps_of_epoch(record.n_epochs - 1))
-    row = 4 * StepParamsReader(step_params_path(run_dir, record.n_epochs - 1)).row_size
+    cache = read_json(os.path.join(run_dir, "cache_size.json"))
+    row = cache["param_bytes_float32"] + cache.get("optimizer_state_bytes_float32", 0)
     base = dict(spec, method="Replay", n_train=n_train, run_dir=run_dir)
     return {"in memory": run_child(base, workdir),
             "checkpointed": run_child(dict(base, replay_memory=minimum_copies(steps) * row), workdir)}
@@ -341,7 +352,11 @@ def parse(argv=None):
                    help="only compare exact and fd retraces on an existing run folder (OUT/train/seed_0), "
                         "trained with these -ds/--n-train/--n-val/-bs")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    optimizer.add_arguments(p)
     args = p.parse_args(argv)
+    if not args.child:
+        optimizer.checked(args)
+        args.recipe = {k: getattr(args, k) for k in optimizer.SETTING_DEFAULTS}
     if args.n_train is None:
         args.n_train = 768 if args.quick else 1920
     if args.n_epochs is None:
@@ -418,7 +433,7 @@ def main(argv=None) -> None:
         fig["fd_resident_step"] = graph_steps(data, state, "fd", reps, resident=True)
         fig["if_solver_step"] = solver_steps(data, state, reps, **IF_DEFAULTS)
         fig["naive_step"] = naive_steps(data, state, run, 2 if args.quick else 3, work)
-        spec = {"device_id": args.device_id, "batch_size": args.batch_size, "mode": "fd",
+        spec = {"device_id": args.device_id, "batch_size": args.batch_size, "mode": "fd", "recipe": args.recipe,
                 "data": {k: getattr(args, k) for k in ("dataset", "data_dir", "n_val", "n_test")}}
         whole: Dict[str, list] = {}
         rss: Dict[str, Dict[str, int]] = {"Ours": {}, "Hara": {}}

@@ -7,6 +7,14 @@ its row also gives its retrace compute relative to Hara's, measured in the run w
 influence/Replay/replay_check_<seed>.json is found. Replay_all keeps theta[0], theta[T] and every
 epoch's step record, and retraces all K epochs. Written by analyze as
 summary/table1_cache.csv and .md.
+
+Beyond plain SGD (core/optimizer.py) the optimizer's state s (momentum: v, one copy of the
+trainable parameters; Adam: m and s, two) adds to what a method keeps: Replay the state at K-1
+(its replay starts there) and at K (its self-check), Replay_all the state at K (at 0 it is
+zero), Ours the final state under Adam (its adjoint reads m and s), and Hara's rows the state of
+every step under Adam (momentum's adjoint needs only the rate and mu, so its rows stay theta[t]).
+A run's measured row follows its recipe (cache_size.json); the md adds the paper-scale bytes
+under each recipe (`by_recipe`).
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ from models import cnn
 from ..base import layout
 from ..base.layout import Folder
 from ..base.methods import METHODS
+from ..core.optimizer import PLAIN, Recipe
 from ..core.step_record import record_bytes
 
 # The paper's Table 1 (Suzuki et al., arXiv 2103.11807): batch 32, 20 epochs.
@@ -40,13 +49,16 @@ COMPUTE = {"all": "×K (every epoch retraced)", "hara": "1", "ours": "≈ 1 (no 
 RECORDS = ("replay", "replay_all")  # the rows whose cache includes a step record
 
 
-def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
-    """(parameter count, size of the nnabla .h5 checkpoint) of the paper's network at 32x32."""
+def model_param_bytes(channels: int, n_classes: int = 10, trainable: bool = False) -> Tuple[int, int]:
+    """(parameter count, size of the nnabla .h5 checkpoint) of the paper's network at 32x32;
+    `trainable`: the count of the trainable parameters instead (what an optimizer's state copies)."""
     with nn.parameter_scope(f"_table1_{channels}"):
         nn.clear_parameters()
         cnn(nn.Variable((1, channels, 32, 32)), n_classes)
         params = nn.get_parameters(grad_only=False)
         count = int(sum(v.size for v in params.values()))
+        if trainable:
+            count = int(sum(v.size for v in nn.get_parameters(grad_only=True).values()))
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "params.h5")
             nn.save_parameters(path, params=params, extension=".h5")
@@ -56,14 +68,34 @@ def model_param_bytes(channels: int, n_classes: int = 10) -> Tuple[int, int]:
 
 
 def cache_bytes(param_bytes: int, steps_per_epoch: int, epochs: int, last_record: int,
-                all_records: Optional[int]) -> Dict[str, Optional[int]]:
+                all_records: Optional[int], state_bytes: int = 0, recipe: Recipe = PLAIN) -> Dict[str, Optional[int]]:
     """float32 bytes each method keeps: all epochs' per-step parameters, the last epoch's, the final;
     Replay the parameters at the start of the last epoch and the final ones, and the last epoch's
     step record (`last_record` bytes); Replay_all those at the start of training and the final ones,
-    and every epoch's record (`all_records`; None: unknown)."""
-    return {"all": param_bytes * steps_per_epoch * epochs, "hara": param_bytes * steps_per_epoch,
-            "ours": param_bytes, "replay": 2 * param_bytes + last_record,
-            "replay_all": 2 * param_bytes + all_records if all_records is not None else None}
+    and every epoch's record (`all_records`; None: unknown). With an optimizer state of `state_bytes`
+    (one copy; module docstring): Replay adds it twice, Replay_all once, and under Adam Hara's rows
+    and Ours add it too."""
+    read = state_bytes if recipe.retrace_reads_state else 0  # the adjoint reads the state (Adam)
+    row = param_bytes + read
+    return {"all": row * steps_per_epoch * epochs, "hara": row * steps_per_epoch,
+            "ours": param_bytes + read, "replay": 2 * param_bytes + 2 * state_bytes + last_record,
+            "replay_all": 2 * param_bytes + state_bytes + all_records if all_records is not None else None}
+
+
+# The recipes of the md's by-recipe table (the rates' schedule and weight decay add nothing kept).
+BY_RECIPE = (("plain SGD (± weight decay, any schedule)", PLAIN), ("SGD + momentum", Recipe(momentum=0.9)),
+             ("Adam", Recipe("adam")))
+
+
+def by_recipe(dataset: str = "mnist") -> List[Tuple[str, Dict[str, Optional[int]]]]:
+    """float32 bytes of each cache at the paper's scale of `dataset` under each recipe of BY_RECIPE."""
+    n, channels, _ = PAPER_TABLE1[dataset]
+    count, _ = model_param_bytes(channels)
+    trainable, _ = model_param_bytes(channels, trainable=True)
+    t = math.ceil(n / PAPER_BATCH)
+    records = (record_bytes(n, PAPER_BATCH), record_bytes(n, PAPER_BATCH, PAPER_EPOCHS))
+    return [(label, cache_bytes(4 * count, t, PAPER_EPOCHS, *records, 4 * trainable * len(r.state_keys), r))
+            for label, r in BY_RECIPE]
 
 
 def replay_compute(folders: Sequence[Folder]) -> Optional[dict]:
@@ -112,8 +144,11 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
         pb = int(c["param_bytes_float32"])
         records = {"replay": (c.get("replay_parts") or {}).get("step_record_last_epoch"),
                    "replay_all": c.get("step_record_file_bytes") if "replay_all_bytes" in c else None}
-        f32 = (cache_bytes(pb, t, epochs, records["replay"] or 0, records["replay_all"]) if t and epochs
-               else {"ours": pb})
+        recipe = Recipe(**c["optimizer"]) if "optimizer" in c else PLAIN
+        f32 = (cache_bytes(pb, t, epochs, records["replay"] or 0, records["replay_all"],
+                           int(c.get("optimizer_state_bytes_float32", 0)), recipe) if t and epochs
+               else {"ours": pb + (int(c.get("optimizer_state_bytes_float32", 0))
+                                   if recipe.retrace_reads_state else 0)})
         hara = c.get("hara_bytes")  # absent when the run did not keep Hara's store
         saved = {"ours": c["ours_bytes"], "hara": hara, "all": hara * epochs if hara and epochs else None,
                  "replay": c.get("replay_bytes"), "replay_all": c.get("replay_all_bytes")}
@@ -122,6 +157,7 @@ def table1_rows(groups: Dict[Optional[int], List[Folder]], n_train: Dict[Optiona
             if cache in RECORDS and records[cache] is None:  # a run written before the method existed
                 continue
             rows.append({"scope": "this run", "dataset": folder.settings.get("dataset", ""), "n_train": n,
+                         **({} if recipe.plain else {"recipe": recipe.describe()}),
                          "batch_size": bs, "epochs": epochs, "steps_per_epoch": t, "param_count": c["param_count"],
                          "cache": cache, "float32_bytes": f32.get(cache), "saved_bytes": saved[cache],
                          "paper_bytes": None, "record_bytes": records.get(cache),
@@ -175,7 +211,8 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
     for r in rows:
         if r["scope"] == "this run":
             title = (f"this run ({r['dataset']}, N={r['n_train'] or '?'}, B={r['batch_size']}, "
-                     f"K={r['epochs']}, T={r['steps_per_epoch']}), measured")
+                     f"K={r['epochs']}, T={r['steps_per_epoch']}"
+                     + (f"; {r['recipe']}" if r.get("recipe") else "") + "), measured")
             cell = human(r["saved_bytes"]) if r["saved_bytes"] is not None else human(r["float32_bytes"])
             if r["cache"] == "ours":
                 cell = f"{human(r['float32_bytes'])} float32; .h5 {human(r['saved_bytes'])}"
@@ -208,4 +245,14 @@ def write_table1(csv_path: str, md_path: str, rows: Sequence[dict]) -> None:
            "Replay rows). Replay's .h5 cell: two checkpoints and the last epoch's step record (.npz); Replay_all's: "
            "two checkpoints and every epoch's record. "
            "MB/GB are 10^6/10^9 bytes."]
+    recipes = by_recipe()
+    md += ["", "Under each training recipe (MNIST at the paper's scale, float32 + records; the optimizer state s: "
+           "momentum's v, Adam's m and s, copies of the trainable parameters):", "",
+           "| cache | " + " | ".join(label for label, _ in recipes) + " |", "|---|" + "---:|" * len(recipes)]
+    md += [f"| {label} | " + " | ".join(human(b.get(cache)) for _, b in recipes) + " |" for cache, label in CACHES]
+    md += ["", "Momentum: Replay adds s at K−1 (its replay starts there) and at K (its self-check), Replay_all s at K; "
+           "Hara's rows stay θ[t] (momentum's step is linear in v: its adjoint needs the rate and μ only). Adam: "
+           "Hara's rows add m[t] and s[t] and Ours adds the final m and s (the adjoint reads them); Replay and "
+           "Replay_all as for momentum, with two state vectors. A schedule and weight decay add nothing kept "
+           "(the rates are in the step record)."]
     layout.write_text(md_path, "\n".join(md) + "\n")

@@ -185,6 +185,13 @@ def checkpoint_path(run_dir: str, epoch: int) -> str:
     return os.path.join(run_dir, f"params_epoch_{epoch}.h5")
 
 
+def optimizer_state_path(run_dir: str, epoch: int) -> str:
+    """The optimizer's state (momentum's v; Adam's m, s) after `epoch` epochs, beside that epoch's
+    checkpoint; written only for a recipe that has state (core/optimizer.py). After epoch 0 it is
+    zero and not written."""
+    return os.path.join(run_dir, f"optimizer_state_epoch_{epoch}.npz")
+
+
 def step_params_path(run_dir: str, epoch: int) -> str:
     return os.path.join(run_dir, f"step_params_epoch_{epoch}.f32")
 

@@ -39,6 +39,9 @@ unperturbed replay r = 0 alone (`lds_single_replay`, in either window: the truth
 deterministic retraining, what a user who retrains once sees). The caches of the two windows are separate
 files (`replay_all_<r>.*`, `truths_all_p<fraction>.csv` for "all").
 
+Beyond plain SGD (optimizer.py) the replays start from the optimizer state of the window's
+start too (the perturbation moves theta only), and the stores keep it beside theta^r[t].
+
 Cost sharing: each baseline replay r runs once and stores its theta^r[t] of
 every step (as Hara's per-step store, on disk: the units of other processes read
 it; train.replay_steps is the replay of training that Replay and retraining also
@@ -66,7 +69,7 @@ from ..core.params import StepParamsReader, StepParamsWriter, load_checkpoint
 from ..base.layout import checkpoint_path, step_record_path
 from ..core.replay import WINDOWS, window_start, window_steps
 from ..core.step_record import StepRecord
-from ..core.train import SGD, init_model, perturb_half_ulp, replay_steps
+from ..core.train import SGD, init_model, load_state_at, perturb_half_ulp, replay_steps
 
 # --------------------------------------------------------------- trainings
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class PairedReplays:
         self.row = np.full(len(data.train), -1, np.int64)  # each instance's first step position in the window
         for k, t in reversed(list(enumerate(self.steps))):
             self.row[self.record.batch(t)[0]] = k
-        self.sgd = SGD(init_model(data, 0, batch_size, net), data)
+        self.sgd = SGD(init_model(data, 0, batch_size, net), data, self.record.recipe)
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
 
     def store_path(self, r: int) -> str:
@@ -165,8 +168,9 @@ class PairedReplays:
         if os.path.exists(path):
             return float(layout.read_json(path)["val_loss"])
         load_checkpoint(checkpoint_path(self.run_dir, self.start))
+        load_state_at(self.sgd, self.run_dir, self.record, self.start)  # the optimizer's state there (if any)
         perturb(self.seed, r)
-        writer = StepParamsWriter(self.store_path(r))
+        writer = StepParamsWriter(self.store_path(r), self.sgd.state if self.record.recipe.stateful else None)
         replay_steps(self.sgd, self.record, self.steps, before=lambda i: writer.append())  # keeps theta^r[t]
         writer.close()
         loss = self.val_loss()
@@ -177,7 +181,8 @@ class PairedReplays:
         """L(theta^r_{-S}[T]) - L(theta^r[T]) for S = `removed` (baseline r must exist)."""
         base = float(layout.read_json(self.baseline_path(r))["val_loss"])
         first = int(self.row[removed].min()) if len(removed) else 0
-        StepParamsReader(self.store_path(r)).load(first)  # theta^r[t] of S's first step: all before is equal
+        state = StepParamsReader(self.store_path(r)).load(first)  # theta^r[t] of S's first step: all before is equal
+        self.sgd.set_state(state, int(self.steps[first]))  # and the optimizer state there (none for plain SGD)
         keep = np.ones(len(self.data.train), bool)
         keep[removed] = False
         replay_steps(self.sgd, self.record, self.steps[first:], keep)

@@ -42,7 +42,7 @@ from influence_functions.infl import influence_functions
 from models import cnn
 from ..base import figures, layout
 from . import lds
-from ..core import network
+from ..core import network, optimizer
 from ..core.controls import negated_training_loss, random_key
 from ..base.errors import UserError, run_command
 from ..core.graphs import GraphCache, evaluate, flat, flat_trainable
@@ -57,7 +57,7 @@ from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CH
                                device, differences, nonneg_int, positive_float, positive_int, replay_budget,
                                set_context)
 from ..core.step_record import StepRecord
-from ..core.train import SGD, load_model, replay_steps, train
+from ..core.train import load_state_at, replay_steps, train, trainer_at
 
 # The estimators: every method of the table (methods.METHODS), the published variants of Ours included.
 ESTIMATORS = tuple(METHODS)
@@ -76,7 +76,8 @@ TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
 # Settings that determine the training; a training in -o is reused only when they match.
-TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", *network.SETTING_DEFAULTS)
+TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", *network.SETTING_DEFAULTS,
+                  *optimizer.SETTING_DEFAULTS)
 # Settings of the validation itself (its cache is reused only when they match).
 VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
@@ -165,8 +166,9 @@ class Counterfactuals:
         self.row = np.full(len(data.train), -1, np.int64)  # position of j's step in the last epoch
         for r, t in enumerate(self.steps):
             self.row[self.record.batch(t)[0]] = r
+        self.run_dir = run_dir
         self.stored = StepParamsReader(step_params_path(run_dir, last))
-        self.sgd = SGD(load_model(data, run_dir, self.record.n_epochs, batch_size, net), data)
+        self.sgd = trainer_at(data, run_dir, self.record, self.record.n_epochs, batch_size, net)
         self.test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)
         self.u = flat(val_gradient(data, net=net))
         # Paired truths: the baseline is the same replay with nothing removed. On CPU it is
@@ -181,9 +183,17 @@ class Counterfactuals:
 
     def replay_without(self, j: int | None) -> None:
         """Leave theta_{-j}[T] in the model: stored theta[t_j], then steps t_j..T-1 without j
-        (j None: the whole epoch with nothing removed)."""
+        (j None: the whole epoch with nothing removed). Where the optimizer has state that Hara's rows
+        do not keep (momentum's v), from the epoch's start and its stored state instead."""
         r = 0 if j is None else int(self.row[j])
-        self.stored.load(r)
+        if self.record.recipe.stateful and not self.stored.has_state:
+            r = 0
+        state = self.stored.load(r)
+        if self.record.recipe.stateful:
+            if state:
+                self.sgd.set_state(state, int(self.steps[r]))
+            else:
+                load_state_at(self.sgd, self.run_dir, self.record, self.record.n_epochs - 1)
         keep = np.ones(len(self.data.train), bool)
         if j is not None:
             keep[j] = False
@@ -350,7 +360,8 @@ def ensure_training(args, data: Data, net: Callable, progress: bool, seconds: di
     if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
         t0 = time.time()
         train(data, run_dir, t.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
-              progress=progress, net=net, augment=not args.no_augment, perturb_init=t.init_key)
+              progress=progress, net=net, augment=not args.no_augment, perturb_init=t.init_key,
+              recipe=optimizer.from_args(args), lr_schedule=args.lr_schedule)
         seconds["train"] = seconds.get("train", 0.0) + time.time() - t0
     return run_dir
 
@@ -573,6 +584,7 @@ def open_fraction(text: str) -> float:
 
 def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
+    optimizer.checked(args)
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
                 "--lds-window": args.lds_window,
                 "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
@@ -626,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="trial seed: split, training (train/seed_<seed>) and the random choice of instances (default: 0)")
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default=driver.get_default("retrace"),
-                   help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact)")
+                   help="Hara/Ours retrace: central differences on the pinned network (fd) or double backward (exact; "
+                        "recommended with --optimizer adam)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES,
                    default=driver.get_default("bn_coupling"),
                    help="Hara/Ours retrace: include the batch-statistics change of a removal (as in the drivers)")
@@ -665,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the LDS replays on the workers of a running Dask scheduler (tcp://host:8786, "
                         "docs/cluster.md) instead of --workers")
     network.add_arguments(p)
+    optimizer.add_arguments(p)
     g = p.add_argument_group("influence functions (defaults: the drivers')")
     g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
                    help="damping alpha")

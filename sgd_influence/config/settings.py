@@ -23,7 +23,7 @@ from nnabla.ext_utils import get_extension_context
 from datasets import DATASETS, load_dataset
 from ..base import layout
 from ..base.environment import ROOT
-from ..core import network
+from ..core import network, optimizer
 from ..core.published import BUNDLE_SIZE
 from ..base.errors import UserError
 from ..base.methods import DRIVER_METHODS, METHODS
@@ -121,7 +121,8 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
                    help="how Hara, Ours, Replay, Replay_all and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
-                        "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5)")
+                        "(about 2.7 training steps; Spearman 0.9999 against exact) or exact double backward (about 5; "
+                        "with --optimizer adam exact is recommended, see docs/method.md)")
     p.add_argument("--bn-coupling", choices=BN_COUPLING_CHOICES, default="on",
                    help="Hara, Ours, Replay, Replay_all, TracIn_last with batch norm: the per-sample derivative includes the "
                         "change of the batch statistics that removing the sample causes (on: the retrace's batch norm "
@@ -130,6 +131,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     add_published_bundle_size(p)
     add_replay_memory(p)
     network.add_arguments(p)
+    optimizer.add_arguments(p)
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes for independent units")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run the units on the workers of a running Dask scheduler, e.g. tcp://host:8786, "
@@ -228,13 +230,14 @@ def set_context(device_id: str) -> str:
 # ----------------------------------------------------------------------------- saved settings
 # Settings that change results: a folder's results are only resumed under the same values.
 RESULT_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "n_val", "n_test", "retrain_all",
-                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise", *network.SETTING_DEFAULTS)
+                   "no_augment", "train_csv", "val_csv", "test_csv", "label_noise", *network.SETTING_DEFAULTS,
+                   *optimizer.SETTING_DEFAULTS)
 # Settings that change one method's results only: changing them is refused only once that
 # method has results in the folder (so a diverged solve can be re-run without retraining).
 METHOD_SETTINGS = {n: m.settings for n, m in METHODS.items() if m.driver and m.settings}
 # Options whose default changed the results when they were added: a run that predates one
 # was made with this value, not with the current default.
-PREDATING_VALUES = {"bn_coupling": "off", **network.SETTING_DEFAULTS}
+PREDATING_VALUES = {"bn_coupling": "off", **network.SETTING_DEFAULTS, **optimizer.SETTING_DEFAULTS}
 
 
 def args_from_settings(settings: dict) -> argparse.Namespace:

@@ -4,7 +4,9 @@ The counterfactual replays the recorded training: from the checkpoint after
 epoch K-1 (or from the initial parameters with --retrain_all), each recorded
 batch in order, with its recorded augmentation seeds and learning rate, the
 removed instances skipped and the gradient still divided by the recorded
-|S_t|. With nothing removed it reproduces training bit for bit.
+|S_t|. With nothing removed it reproduces training bit for bit. Beyond plain
+SGD the recorded recipe's optimizer continues from its state at that
+checkpoint (train.trainer_at), a batch emptied by the removal still moving it.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from models import cnn
 from .graphs import GraphCache, evaluate
 from ..base.layout import step_record_path
 from .step_record import StepRecord
-from .train import SGD, load_model, perturb_half_ulp, replay_steps
+from .train import perturb_half_ulp, replay_steps, trainer_at
 
 
 def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
@@ -28,7 +30,7 @@ def retrain(data: Data, run_dir: str, removed: np.ndarray, retrain_all: bool,
     recorded training by float32 rounding only; checks/rounding.py)."""
     record = StepRecord.load(step_record_path(run_dir))
     first = 0 if retrain_all else record.n_epochs - 1
-    sgd = SGD(load_model(data, run_dir, first, batch_size, net), data)
+    sgd = trainer_at(data, run_dir, record, first, batch_size, net)
     if start_key is not None:
         perturb_half_ulp(start_key)
     test_graphs = GraphCache(data.image_shape, data.n_classes, test=True, net=net)

@@ -33,6 +33,16 @@ validation loss when j is removed from the whole training (w_j: 1 -> 0), the cou
 retraining from theta[0] without j (the drivers' -ra). Same sign convention as Hara's: with
 one epoch the two windows coincide and so do the scores.
 
+Beyond plain SGD (the record's recipe: momentum, weight decay, Adam; optimizer.py) the loop is
+the same with u replaced by the adjoint of the step's state: each step feeds the graphs a vector
+p (momentum: p = a_theta - a_v; Adam: built from m, s and G along the trajectory), adds
+scale/|S_t| dQ/dw_j along p to L_{-j} (scale: eta_t, or 1 for Adam, whose rate is inside p) and
+maps the adjoints back with H p (`optimizer.SgdAdjoint`, `optimizer.AdamAdjoint`; the recursions
+are derived there). Still one H p per step. Hara and Replay take the state at each step
+(Replay replays it from the window's start; Hara's rows keep it where the adjoint reads it,
+Adam's m and s), Ours the final state throughout. Influence functions do not change: they use
+the final parameters only.
+
 Both quantities of a step come from the same passes: `mode="fd"` (default) central
 differences along u on the network pinned to its ReLU/max-pool branches at theta
 (`FDRetraceGraph`, about 2.7 training steps), `mode="exact"` one double-backward pass (`RetraceGraph`,
@@ -67,15 +77,14 @@ import time
 from typing import Callable, List, Optional
 
 import numpy as np
-import nnabla as nn
-import nnabla.functions as F
 
 from datasets import Data
 from models import cnn
 from .graphs import (RETRACE_GRAPHS, GraphCache, LossGraph, on_device, to_device, to_host, trainable_params,
                      zero_grads)
-from ..base.layout import step_params_path, step_record_path
-from .params import StepParams, StepParamsReader
+from ..base.layout import optimizer_state_path, step_params_path, step_record_path
+from . import optimizer
+from .params import StepParams, StepParamsReader, load_optimizer_state
 from .published import AS_PUBLISHED, BUNDLE_SIZE, BundledStepParams
 from ..base.progress import bar as step_bar
 from .replay import WINDOWS, ReplayedTrajectory, window_steps
@@ -135,6 +144,14 @@ def step_parameters(data: Data, run_dir: str, record: StepRecord, method: str, t
     return StepParamsReader(step_params_path(run_dir, record.n_epochs - 1)) if method == "Hara" else None
 
 
+def final_state(run_dir: str, record: StepRecord, at_step: Optional[StepParams]) -> dict:
+    """The optimizer state after the last step: the replay's own (Replay, Replay_all), else the stored
+    optimizer_state_epoch_<K>.npz (Hara, Ours)."""
+    if isinstance(at_step, ReplayedTrajectory):
+        return at_step.final_state
+    return load_optimizer_state(optimizer_state_path(run_dir, record.n_epochs))
+
+
 def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bool = True,
             net: Callable = cnn, *, mode: str = "fd", bn_coupling: bool = True, retrace_u: bool = True,
             hu_over_batch: bool = False, sample_grads_alone: bool = False,
@@ -174,22 +191,28 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     assert window in WINDOWS and (window == "last" or trajectory == "replay"), (window, trajectory)
     started = time.perf_counter()
     record = StepRecord.load(step_record_path(run_dir))
+    assert not as_published or record.recipe.plain, "the published computation is plain SGD's (optimizer.checked)"
     at_step = step_parameters(data, run_dir, record, method, trajectory, batch_size, net, replay_memory, progress,
                               window)
     steps = window_steps(record, window)
     if as_published and at_step is not None:
         at_step = BundledStepParams(at_step, len(steps), bundle_size)
     u = val_gradient(data, net=net)
-    if on_device() if resident is None else resident:
-        u = to_device(u)
+    if (on_device() if resident is None else resident) and not record.recipe.retrace_reads_state:
+        u = to_device(u)  # (Adam's adjoint runs on the host)
     params = list(trainable_params().values())
 
     graphs = {}
     alone = LossGraph(1, data.image_shape, data.n_classes, test=False, net=net) if sample_grads_alone else None
     influence = np.zeros(len(data.train), np.float64)
+    names = list(trainable_params())
+    adj = optimizer.adjoint(record.recipe, u, names, hessian=retrace_u, hu_over_batch=hu_over_batch)
+    # Adam's adjoint reads the state before and after each step (Ours: the final state for both)
+    after = final_state(run_dir, record, at_step) if adj.reads_state else {}
     for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
+        before = after
         if at_step is not None:
-            at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed
+            before = at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed
         # Ours keeps theta[T]: training-mode forwards only move the batch-norm
         # running statistics, which training-mode outputs never read.
         idx, seeds = record.batch(t)
@@ -197,17 +220,16 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
             graphs[len(idx)] = RETRACE_GRAPHS[mode](len(idx), data.image_shape, data.n_classes, params, net,
                                                     bn_coupling=bn_coupling)
         x, y = data.train_batch(idx, seeds)
-        hu, ug = graphs[len(idx)].run(x, y, u)
-        if alone is not None:
-            ug = dots_one_at_a_time(alone, params, x, y, to_host(u))
         lr = float(record.lr[t])
-        influence[idx] += lr / len(idx) * ug
-        if retrace_u:
-            step = lr / len(idx) if hu_over_batch else lr
-            u = [F.sub2(ui, F.mul_scalar(h, step)) if isinstance(ui, nn.NdArray) else ui - step * h
-                 for ui, h in zip(u, hu)]
+        p, scale = adj.direction(int(t), lr, before, after)
+        hu, ug = graphs[len(idx)].run(x, y, p)
+        if alone is not None:
+            ug = dots_one_at_a_time(alone, params, x, y, to_host(p))
+        influence[idx] += scale / len(idx) * ug
+        adj.back(to_host(hu) if adj.reads_state else hu, len(idx))
+        after = before
         if on_step is not None:
-            on_step(to_host(hu), ug, to_host(u))
+            on_step(to_host(hu), ug, to_host(adj.u))
     if on_replay is not None and isinstance(at_step, ReplayedTrajectory):
         on_replay(dict(at_step.report(), retrace_wall_s=round(time.perf_counter() - started, 3)))
     return influence

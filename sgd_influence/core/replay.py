@@ -40,6 +40,12 @@ step record of every epoch; recomputed: theta[t] of every step, within the same 
 copies held = min(KT, M) and steps replayed = 2KT - min(KT, M) (M >= minimum_copies(KT),
 about 2 sqrt(KT)). Nothing per step is written to disk.
 
+Beyond plain SGD (optimizer.py) the replay starts from the optimizer state too (momentum's v,
+Adam's m and s, at K-1: optimizer_state_epoch_<K-1>.npz; at 0: zero), and every row holds the
+state beside theta[t] (a checkpoint restarts a segment from it; Adam's adjoint reads it): a row
+is |theta| plus the state's floats, and the budget counts rows of that size. The self-check then
+compares the replayed final state with optimizer_state_epoch_<K>.npz as well.
+
 Self-check: after the first replay the model holds the recomputed theta[T], which is
 compared with the stored params_epoch_<K>.h5. On the CPU they are equal; where they are
 not (a GPU without deterministic kernels), one warning gives the largest relative
@@ -60,11 +66,11 @@ import nnabla as nn
 from datasets import Data
 from models import cnn
 from ..base.errors import UserError, warn
-from ..base.layout import checkpoint_path
+from ..base.layout import checkpoint_path, optimizer_state_path
 from ..base.progress import bar as step_bar
-from .params import ParamRows, load_checkpoint, row_bytes
+from .params import ParamRows, load_checkpoint, load_optimizer_state, row_bytes
 from .step_record import StepRecord
-from .train import SGD, load_model, replay_steps
+from .train import replay_steps, trainer_at
 
 
 # ------------------------------------------------------------------- the plan
@@ -160,8 +166,8 @@ class ReplayedTrajectory:
         self.run_dir, self.record, self.progress, self.window = run_dir, record, progress, window
         self.last = record.n_epochs - 1
         self.steps = window_steps(record, window)
-        self.sgd = SGD(load_model(data, run_dir, window_start(record, window), batch_size, net), data)
-        self.row_bytes = row_bytes()
+        self.sgd = trainer_at(data, run_dir, record, window_start(record, window), batch_size, net)
+        self.row_bytes = row_bytes() + self.sgd.state_bytes()  # theta[t] and the optimizer state before step t
         self.memory_bytes = memory_bytes
         copies = len(self.steps) if memory_bytes is None else int(memory_bytes // self.row_bytes)
         self.plan = plan(len(self.steps), copies, self.row_bytes,
@@ -169,6 +175,7 @@ class ReplayedTrajectory:
         self.rows = ParamRows()
         self.steps_replayed, self.replay_seconds = 0, 0.0
         self.final_check: dict = {}
+        self.final_state: dict = {}  # the optimizer state after the window's last step (replayed)
 
     def _replay(self, first: int, stop: int, keep: Callable[[int], bool], progress: bool = False) -> None:
         """Replay positions first..stop-1 from the model's theta[first], keeping row i (theta before
@@ -177,7 +184,7 @@ class ReplayedTrajectory:
 
         def before(k: int) -> None:
             if keep(first + k):
-                self.rows.keep(first + k)
+                self.rows.keep(first + k, self.sgd.state())
         steps = self.steps[first:stop]
         if progress:
             steps = step_bar(steps, desc="replay last epoch" if self.window == "last" else "replay all epochs",
@@ -193,30 +200,38 @@ class ReplayedTrajectory:
         p = self.plan
         checkpoints = set(p.checkpoints)
         self._replay(0, p.steps, lambda i: i in checkpoints or i >= p.steps - p.tail, self.progress)
+        self.final_state = self.sgd.state()
         self.final_check = self.check_final()
         return self.final_check
 
-    def load(self, i: int) -> None:
+    def load(self, i: int) -> dict:
         """Put theta[first step + i] into the model, freeing the rows after i (the walk back is past
-        them); a missing row is recomputed with the rest of its segment from the segment's checkpoint."""
+        them); a missing row is recomputed with the rest of its segment from the segment's checkpoint.
+        Returns the optimizer state before that step ({} for plain SGD)."""
         self.rows.drop_after(i)
         if i not in self.rows:
             a = max(s for s in self.plan.checkpoints if s <= i)
-            self.rows.load(a)
+            self.sgd.set_state(self.rows.load(a), int(self.steps[a]))
             self._replay(a, i, lambda k: k > a)
-            self.rows.keep(i)
-        self.rows.load(i)
+            self.rows.keep(i, self.sgd.state())
+        return self.rows.load(i)
 
     def check_final(self) -> dict:
         """Compare the model's (replayed) theta[T] with the stored params_epoch_<K>.h5, every
-        parameter; the model keeps the replayed values. A difference is one warning."""
+        parameter, and the replayed optimizer state with optimizer_state_epoch_<K>.npz (a recipe
+        with state); the model keeps the replayed values. A difference is one warning."""
         path = checkpoint_path(self.run_dir, self.last + 1)
         params = nn.get_parameters(grad_only=False)
         replayed = {k: np.array(v.d, copy=True) for k, v in params.items()}
         load_checkpoint(path)
+        stored = {k: np.array(v.d, copy=True) for k, v in params.items()}
+        if self.record.recipe.stateful:
+            path += " and " + optimizer_state_path(self.run_dir, self.last + 1)
+            stored.update(load_optimizer_state(optimizer_state_path(self.run_dir, self.last + 1)))
+            replayed.update(self.final_state)
         differing, worst, where, largest_abs = 0, 0.0, None, 0.0
-        for k, v in params.items():
-            a, b = replayed[k].astype(np.float64), np.asarray(v.d, np.float64)
+        for k in replayed:
+            a, b = replayed[k].astype(np.float64), np.asarray(stored[k], np.float64)
             diff = np.abs(a - b)
             differing += int(np.count_nonzero(diff))
             if diff.any():
@@ -224,6 +239,7 @@ class ReplayedTrajectory:
                 largest_abs = max(largest_abs, float(diff.max()))
                 if rel > worst:
                     worst, where = rel, k
+        for k, v in params.items():
             v.d = replayed[k]
         total = int(sum(a.size for a in replayed.values()))
         check = {"stored": path, "equal": differing == 0, "values": total, "values_differing": differing,

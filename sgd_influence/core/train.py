@@ -2,28 +2,35 @@
 
 theta[t+1] = theta[t] - eta_t / |S_t| * sum_{i in S_t} grad l(z_i; theta[t])
 
+by default (plain SGD, the published code's); with momentum, weight decay or Adam each step is
+nnabla's solver of that recipe (optimizer.py), and a schedule sets eta_t (recorded per step).
+
 Writes to the run folder `OUT/train/seed_<k>/`:
   step_record.npz            the step record (see step_record.py)
   params_epoch_<e>.h5        parameters after epoch e: 0 (for --retrain_all), K-1, K
-  step_params_epoch_<K-1>.f32  Hara only: theta[t] of every step of the last epoch
+  optimizer_state_epoch_<e>.npz  a recipe with state (momentum, Adam): its state after epochs K-1, K
+  step_params_epoch_<K-1>.f32  Hara only: theta[t] of every step of the last epoch (Adam: and m, s)
   cache_size.json            measured bytes of what each method keeps for its retrace
   train_log.csv              mean training loss per epoch
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import nnabla as nn
-import nnabla.solvers as S
 
 from datasets import Data
 from models import cnn
 from ..base.errors import UserError
 from .graphs import GraphCache, LossGraph, trainable_params
-from ..base.layout import checkpoint_path, step_params_path, step_record_path, write_json, write_text
-from .params import StepParamsWriter, load_checkpoint, save_checkpoint
+from ..base.layout import (checkpoint_path, optimizer_state_path, step_params_path, step_record_path, write_json,
+                           write_text)
+from .optimizer import PLAIN, Recipe, learning_rates, set_solver_state, solver_state, state_floats
+from .params import (StepParamsWriter, load_checkpoint, load_optimizer_state, save_checkpoint,
+                     save_optimizer_state)
 from ..base.progress import bar as step_bar
 from .step_record import StepRecord, epoch_batches
 
@@ -57,7 +64,8 @@ def load_model(data: Data, run_dir: str, epoch: int, batch_size: int, net: Calla
 
 
 class SGD:
-    """Plain SGD on the recorded batches; one step = one recorded batch.
+    """The recorded training's optimizer on the recorded batches; one step = one recorded batch.
+    Plain SGD by default; `recipe` (optimizer.Recipe, the record's): momentum, weight decay, Adam.
 
     `step` takes the batch's kept indices and the recorded batch size: a
     retraining that removes instances still divides by the full |S_t|.
@@ -65,11 +73,31 @@ class SGD:
     derivative checks of tests/test_replay_all.py).
     """
 
-    def __init__(self, cache: GraphCache, data: Data):
-        self.cache, self.data = cache, data
-        self.solver = S.Sgd(lr=0.0)
+    def __init__(self, cache: GraphCache, data: Data, recipe: Recipe = PLAIN):
+        self.cache, self.data, self.recipe = cache, data, recipe
+        self.solver = recipe.solver()
         self.solver.set_parameters(trainable_params())
         self._weighted: dict = {}  # batch size -> LossGraph with batch-norm statistics weighted by w
+
+    def state(self) -> dict:
+        """Copies of the optimizer state ({} for plain SGD)."""
+        return solver_state(self.solver, self.recipe)
+
+    def set_state(self, arrays: Optional[dict], step: int) -> None:
+        """The optimizer state before recorded step `step` (None: the fresh one, zeros)."""
+        set_solver_state(self.solver, self.recipe, arrays, step)
+
+    def state_bytes(self) -> int:
+        """float32 bytes of the optimizer state (0 for plain SGD)."""
+        return 4 * state_floats(self.solver, self.recipe)
+
+    def _update(self, lr: float) -> None:
+        """theta (and the state) from the gradients: weight decay added to them first (nnabla's
+        solver.weight_decay), then the solver's step at rate lr."""
+        if self.recipe.weight_decay:
+            self.solver.weight_decay(self.recipe.weight_decay)
+        self.solver.set_learning_rate(lr)
+        self.solver.update()
 
     def weighted_step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int,
                       w: np.ndarray) -> float:
@@ -90,12 +118,14 @@ class SGD:
             raise FloatingPointError
         self.solver.zero_grad()
         g.loss.backward(clear_buffer=True)
-        self.solver.set_learning_rate(lr)
-        self.solver.update()
+        self._update(lr)
         return loss
 
     def step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int) -> float:
         if len(indices) == 0:  # every instance of the batch was removed
+            if not self.recipe.plain:  # the state still moves and the decay still applies: g = 0
+                self.solver.zero_grad()
+                self._update(lr)
             return 0.0
         g = self.cache.get(len(indices))
         x, y = self.data.train_batch(indices, seeds)
@@ -106,8 +136,7 @@ class SGD:
             raise FloatingPointError
         self.solver.zero_grad()
         g.loss.backward(clear_buffer=True)
-        self.solver.set_learning_rate(lr)
-        self.solver.update()
+        self._update(lr)
         return loss * batch_size / len(indices)
 
     def replay(self, record: StepRecord, t: int, keep: np.ndarray | None = None,
@@ -131,6 +160,23 @@ class SGD:
                             f"lower the learning rate (--lr)") from None
 
 
+def trainer_at(data: Data, run_dir: str, record: StepRecord, epoch: int, batch_size: int,
+               net: Callable = cnn) -> SGD:
+    """The model and the record's optimizer as they were after `epoch` epochs: the checkpoint's
+    parameters and, for a recipe with state, its optimizer state (zero after epoch 0) with the
+    update counter at the epoch's first step."""
+    sgd = SGD(load_model(data, run_dir, epoch, batch_size, net), data, record.recipe)
+    load_state_at(sgd, run_dir, record, epoch)
+    return sgd
+
+
+def load_state_at(sgd: SGD, run_dir: str, record: StepRecord, epoch: int) -> None:
+    """The optimizer state after `epoch` epochs into `sgd` (nothing for plain SGD)."""
+    if record.recipe.stateful:
+        arrays = None if epoch == 0 else load_optimizer_state(optimizer_state_path(run_dir, epoch))
+        sgd.set_state(arrays, record.first_step(epoch))
+
+
 def replay_steps(sgd: SGD, record: StepRecord, steps: Sequence[int], keep: Optional[np.ndarray] = None,
                  before: Optional[Callable[[int], None]] = None, weights: Optional[np.ndarray] = None) -> None:
     """Redo the recorded steps `steps` in order (`SGD.replay`; with nothing removed training
@@ -145,32 +191,36 @@ def replay_steps(sgd: SGD, record: StepRecord, steps: Sequence[int], keep: Optio
 
 def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr: float,
           keep_step_params: bool, progress: bool = True, net: Callable = cnn,
-          augment: bool = True, perturb_init: Optional[Sequence[int]] = None) -> None:
-    """Train with SGD from a seeded initialisation and write the run folder. `perturb_init`: a key
-    for `perturb_half_ulp` applied to theta[0] (a twin of the seed's training that differs from it
-    by rounding only; batches and augmentation are the seed's)."""
+          augment: bool = True, perturb_init: Optional[Sequence[int]] = None, recipe: Recipe = PLAIN,
+          lr_schedule: str = "constant") -> None:
+    """Train from a seeded initialisation and write the run folder: plain SGD at rate `lr` by default,
+    else `recipe` (momentum, weight decay, Adam: optimizer.py) at the rates of `lr_schedule`
+    (optimizer.learning_rates; recorded per step). `perturb_init`: a key for `perturb_half_ulp`
+    applied to theta[0] (a twin of the seed's training that differs from it by rounding only;
+    batches and augmentation are the seed's)."""
     if batch_size > len(data.train):
         raise UserError(f"batch size {batch_size} is larger than the training set ({len(data.train)}); lower -bs")
     cache = init_model(data, seed, batch_size, net)
     if perturb_init is not None:
         perturb_half_ulp(perturb_init)
-    sgd = SGD(cache, data)
+    sgd = SGD(cache, data, recipe)
     save_checkpoint(checkpoint_path(run_dir, 0))
     rng = np.random.default_rng([seed, 1])
-    ep, lrs, batches, seeds = [], [], [], []
+    ep, batches, seeds = [], [], []
     for e in range(epochs):
         b, s = epoch_batches(rng, len(data.train), batch_size, augment)
         ep += [e] * len(b)
-        lrs += [lr] * len(b)
         batches += b
         seeds += s
-    record = StepRecord.from_batches(ep, lrs, batches, seeds)
+    record = StepRecord.from_batches(ep, learning_rates(lr, lr_schedule, ep, epochs), batches, seeds, recipe)
 
     log = ["epoch,train_loss"]
     bar = step_bar(total=record.n_steps, desc=f"train seed {seed}", disable=not progress, unit="step")
     for e in range(epochs):
         last = e == epochs - 1
-        writer = StepParamsWriter(step_params_path(run_dir, e)) if keep_step_params and last else None
+        # Hara's rows: theta[t], and the state where its adjoint reads it (Adam's m, s)
+        writer = StepParamsWriter(step_params_path(run_dir, e), sgd.state if recipe.retrace_reads_state else None) \
+            if keep_step_params and last else None
         losses = []
         for t in record.steps_of_epoch(e):
             if writer:
@@ -183,31 +233,46 @@ def train(data: Data, run_dir: str, seed: int, epochs: int, batch_size: int, lr:
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         if e + 1 >= epochs - 1:
             save_checkpoint(checkpoint_path(run_dir, e + 1))
+            if recipe.stateful:
+                save_optimizer_state(optimizer_state_path(run_dir, e + 1), sgd.state())
     bar.close()
     write_text(os.path.join(run_dir, "train_log.csv"), "\n".join(log) + "\n")
-    write_cache_size(run_dir, epochs, keep_step_params, record)
+    write_cache_size(run_dir, epochs, keep_step_params, record, sgd.state_bytes())
     record.save(step_record_path(run_dir))  # last: marks the run as complete
 
 
-def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord) -> None:
+def write_cache_size(run_dir: str, epochs: int, hara: bool, record: StepRecord, state_bytes: int = 0) -> None:
     """Bytes each method must keep for its retrace, measured on disk (the record: its `.npz` bytes).
 
     Ours: theta[T] (params_epoch_<K>.h5). Hara: the per-step store theta[t] of the last epoch.
     Replay: theta[K-1] and theta[T] (params_epoch_<K-1>.h5, params_epoch_<K>.h5) and the last
     epoch's step record, from which it recomputes theta[t] (core/replay.py); the run's record
     file holds every epoch (`step_record_file_bytes`). Replay_all: theta[0], theta[T] and that
-    whole record (`replay_all_bytes`)."""
+    whole record (`replay_all_bytes`).
+    A recipe with state (`state_bytes` > 0: momentum's v, Adam's m and s) adds: to Replay the state
+    at K-1 (its replay starts there) and at K (its self-check), to Replay_all the state at K (at 0
+    it is zero), to Ours (Adam only) the final state, to Hara's rows (Adam only) the state of every
+    step; `optimizer` and `optimizer_state_bytes_float32` (one copy of the state) record it. A
+    plain-SGD run's file is the same as before the option."""
     n_params = sum(v.size for v in nn.get_parameters(grad_only=False).values())
     start, final = (os.path.getsize(checkpoint_path(run_dir, e)) for e in (epochs - 1, epochs))
+    states = {e: os.path.getsize(optimizer_state_path(run_dir, e)) if state_bytes and e > 0 else 0  # zero at 0
+              for e in (epochs - 1, epochs)}
     last_record = len(record.epoch_record(epochs - 1).to_bytes())
-    info = {"param_count": int(n_params), "param_bytes_float32": int(n_params) * 4, "ours_bytes": final,
-            "replay_bytes": start + final + last_record,
+    ours_state = states[epochs] if record.recipe.retrace_reads_state else 0
+    info = {"param_count": int(n_params), "param_bytes_float32": int(n_params) * 4, "ours_bytes": final + ours_state,
+            "replay_bytes": start + final + last_record + states[epochs - 1] + states[epochs],
             "replay_parts": {"checkpoint_start": start, "checkpoint_final": final,
                              "step_record_last_epoch": last_record},
             "step_record_file_bytes": len(record.to_bytes()),
-            "replay_all_bytes": os.path.getsize(checkpoint_path(run_dir, 0)) + final + len(record.to_bytes()),
+            "replay_all_bytes": os.path.getsize(checkpoint_path(run_dir, 0)) + final + len(record.to_bytes())
+            + states[epochs],
             "steps_per_epoch": len(record.steps_of_epoch(epochs - 1))}
+    if state_bytes:
+        info["replay_parts"].update(optimizer_state_start=states[epochs - 1], optimizer_state_final=states[epochs])
+        info.update(optimizer=json.loads(record.recipe.to_json()), optimizer_state_bytes_float32=int(state_bytes))
     if hara:
         size = os.path.getsize(step_params_path(run_dir, epochs - 1))
-        info.update(hara_bytes=size, hara_steps=size // (4 * int(n_params)))
+        row = 4 * int(n_params) + (int(state_bytes) if record.recipe.retrace_reads_state else 0)
+        info.update(hara_bytes=size, hara_steps=size // row)
     write_json(os.path.join(run_dir, "cache_size.json"), info)

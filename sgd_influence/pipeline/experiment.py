@@ -21,7 +21,7 @@ import numpy as np
 from influence_functions.infl import influence_functions
 from influence_functions.report import write_solver_summary, write_solver_trace
 from ..base import layout
-from ..core import network
+from ..core import network, optimizer
 from ..analysis.analyze import analyze
 from ..core.controls import negated_training_loss, random_key
 from ..base.errors import UserError, run_command
@@ -49,7 +49,8 @@ def train_done(args, seed: int) -> bool:
 def train_unit(args, seed: int, progress: bool = True) -> None:
     train(data_for(args, seed), layout.train_dir(args.output_dir, seed), seed, args.n_epochs,
           args.batch_size, args.lr, keep_step_params=needs_step_params(args.methods), progress=progress,
-          net=network.from_args(args), augment=not args.no_augment)
+          net=network.from_args(args), augment=not args.no_augment, recipe=optimizer.from_args(args),
+          lr_schedule=args.lr_schedule)
 
 
 def retrace_unit(args, method: str, seed: int, progress: bool = True) -> None:
@@ -194,6 +195,7 @@ def write_run_json(args, context: str) -> None:
 
 def run_experiment(args) -> None:
     """Train, compute influence per method, retrain per removal size, analyze."""
+    optimizer.checked(args)
     context = set_context(args.device_id)
     seeds = list(range(args.n_trials))
     data = data_for(args, 0)  # fail early on missing data or bad sizes
