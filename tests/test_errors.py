@@ -107,7 +107,7 @@ def test_every_command_prints_its_help(command):
     assert r.stdout.startswith("usage:") and "--help" in r.stdout
 
 
-@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all"])
+@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-small", "lds-all", "cleanse-all"])
 def test_make_targets_pass_options_the_commands_accept(target):
     """Every measuring make target's command line parses with its script's own parser (a typo in the
     Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
@@ -125,5 +125,8 @@ def test_make_targets_pass_options_the_commands_accept(target):
     args = parser.parse_args(words[script + 1:])
     if target == "lds-all":
         assert args.lds and args.lds_window == "all" and "Replay_all" in args.methods and args.n_epochs == 3
+    if target == "lds-small":  # the demo's settings (the trainings of make lds), the small fractions
+        assert args.lds and args.lds_fraction == [0.01, 0.02, 0.05] and args.lds_subsets == 50
+        assert args.noise_replays == 2 and (args.n_train, args.n_epochs, args.lr) == (2000, 10, 0.02)
     if target == "cleanse-all":
         assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
