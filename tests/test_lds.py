@@ -8,6 +8,7 @@ import pytest
 
 from conftest import TINY, tiny_data
 from sgd_influence.base import layout
+from sgd_influence.base.metrics import spearman
 from sgd_influence.checks import lds
 from sgd_influence.base.errors import UserError
 from sgd_influence.core.params import StepParamsReader
@@ -315,3 +316,46 @@ def test_bad_lds_options_are_one_line(tmp_path, capsys, argv, message):
     assert main(["-o", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, capsys):
+    """tools/probe_linearity.py --window last: on a smooth tiny net with batch norm, lowering a subset's
+    weight by eps = 0.01 in every step of the last epoch changes the validation loss by eps times Hara's
+    summed scores (its derivative, with the batch-norm coupling), for the unperturbed and the
+    half-ulp-moved replay alike; eps = 1 moves it; the losses are cached (a re-run computes nothing,
+    a fifth subset only its own); a folder without an LDS is one error line."""
+    from test_replay_all import SMOOTH_BN, probe_module
+    probe = probe_module()
+    out = str(tmp_path / "v")
+    args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
+                                      "--lr", "0.05", "--lds", "--retrace", "exact", "--lds-fraction", "0.25",
+                                      "--lds-subsets", "5", "--methods", "Hara"])
+    args.dataset = "tiny"
+    check_args(args)
+    run_lds(args, tiny_load, net=SMOOTH_BN, progress=False)
+    r = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="last", replays=2)
+    assert r["method"] == "Hara" and r["window"] == "last" and r["subset_size"] == 8
+    g, small = r["g"], r["f_over_eps_replays"][0.01]
+    assert small.shape == (4, 2) and np.abs(g).min() > 1e-4
+    for q in range(2):
+        np.testing.assert_allclose(small[:, q], g, rtol=0.05, atol=0.02 * np.abs(g).max())
+    assert not np.allclose(r["f_over_eps"][1.0], 0.0)
+    stats = probe.eps_stats(r)
+    assert stats[0]["spearman"] == pytest.approx(spearman(small.mean(axis=1), g)) and "replays_agree" in stats[0]
+    rem = probe.removal_stats(r)  # the LDS truths of the same subsets exist (replay 0)
+    assert rem is not None and np.isfinite(rem["spearman_weights_vs_removal"])
+
+    path = lds.linearity_path(lds.cache_dir(out, lds.Training(0)), 0.25)
+    assert len(probe.read_losses(path)) == 2 + 4 * 2 * 2
+    mtime = os.path.getmtime(path)
+    again = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="last", replays=2)
+    assert os.path.getmtime(path) == mtime and np.array_equal(again["f_over_eps"][0.01], r["f_over_eps"][0.01])
+    more = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 5, (0.01, 1.0), 8, window="last", replays=2)
+    assert len(probe.read_losses(path)) == 2 + 5 * 2 * 2
+    assert np.array_equal(more["f_over_eps_replays"][1.0][:4], r["f_over_eps_replays"][1.0])
+
+    assert probe.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a validate_influence.py --lds folder" in err[0]
+    with pytest.raises(UserError, match="--methods Replay_all"):
+        probe.default_method(lds.cache_dir(out, lds.Training(0)), "all")

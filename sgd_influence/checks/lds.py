@@ -198,6 +198,11 @@ def truths_path(cache: str, fraction: float, window: str = "last") -> str:
     return os.path.join(cache, f"truths_{_tag(window)}p{fraction:g}.csv")
 
 
+def linearity_path(cache: str, fraction: float, window: str = "last") -> str:
+    """The eps probe's cache (tools/probe_linearity.py): the validation loss of each weighted replay."""
+    return os.path.join(cache, f"linearity_{_tag(window)}p{fraction:g}.csv")
+
+
 def read_truths(path: str) -> Dict[tuple, float]:
     """{(subset, replay): truth} of a truths file (missing file: empty)."""
     if not os.path.exists(path):
@@ -498,6 +503,9 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
         rx.plot([p for p, _, _ in pts], [st["mean"] / c if c > 0 else np.nan for _, st, c in pts], marker="o",
                 ms=4, color=figures.color(m), label=m)
     ax.axhline(0, c="0.7", lw=0.5)
+    for a, top in ((ax, 1.05), (rx, 1.5)):  # an LDS lies in [-1, 1]; a t-interval of few trainings may not
+        lo_, hi_ = a.get_ylim()
+        a.set_ylim(max(lo_, -1.05), min(hi_, top))
     rx.axhline(0.9, c="k", ls=":", lw=1)
     rx.axhline(0, c="0.7", lw=0.5)
     ticks = [f"{p * 100:g}%\n({row['subset_size']}; {len(row['trainings'])} tr.)" for p, row in zip(fractions, across)]
