@@ -125,8 +125,8 @@ def test_make_targets_pass_options_the_commands_accept(target):
     args = parser.parse_args(words[script + 1:])
     if target == "lds-all":
         assert args.lds and args.lds_window == "all" and "Replay_all" in args.methods and args.n_epochs == 3
-    if target == "lds-small":  # the demo's settings (the trainings of make lds), the small fractions
-        assert args.lds and args.lds_fraction == [0.01, 0.02, 0.05] and args.lds_subsets == 50
+    if target == "lds-small":  # the demo's settings (the trainings of make lds), the small fractions and 50%
+        assert args.lds and args.lds_fraction == [0.01, 0.02, 0.05, 0.5] and args.lds_subsets == 50
         assert args.noise_replays == 2 and (args.n_train, args.n_epochs, args.lr) == (2000, 10, 0.02)
     if target == "cleanse-all":
         assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
