@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY, tiny_data
+from conftest import TINY, TINY_BN, tiny_data
 from sgd_influence.base import layout
 from sgd_influence.base.metrics import spearman
 from sgd_influence.checks import lds
@@ -354,6 +354,13 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     assert len(probe.read_losses(path)) == 2 + 5 * 2 * 2
     assert np.array_equal(more["f_over_eps_replays"][1.0][:4], r["f_over_eps_replays"][1.0])
 
+    # The branch check: on the smooth net both graphs give one gradient (float32 apart), and there is no max-pool;
+    # the same parameters in the ReLU / max-pool net (TINY_BN, the same parameter names) count their ties.
+    smooth = probe.branch_check(tiny_data(seed=0), SMOOTH_BN, out, 0, "last", 8)
+    assert smooth["weighted_vs_training_loss"] < 1e-5 and smooth["weighted_vs_training_gradient"] < 1e-4
+    assert smooth["half_ulp_gradient"] < 1e-4 and smooth["max_pool_ties"] == []
+    relu = probe.branch_check(tiny_data(seed=0), TINY_BN, out, 0, "last", 8)
+    assert len(relu["max_pool_ties"]) == 2 and all(0 <= v <= 1 for v in relu["max_pool_ties"])
     assert probe.main([str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a validate_influence.py --lds folder" in err[0]

@@ -24,6 +24,12 @@ the linear range (nonlinearity). Low already at small eps although the replays a
 derivative does not predict the training's response to small weight changes (non-smoothness: ReLU /
 max-pool branches switch). Low with replays that also disagree: rounding chaos hides the response.
 
+Beside it, the branch check (`branch_check`): at the window's start, on its first batch, how far the
+parameter gradient moves when the same loss is computed by the weighted batch norm at w = 1 (the retrace's
+graph), against how far a half-ulp move of theta moves it, and how many max-pool windows tie exactly at a
+positive maximum: where the gradient depends on how the loss is rounded, the network is not differentiable
+there.
+
 Every weighted replay's validation loss is cached in the training's LDS cache
 (`linearity_p<fraction>.csv`, `linearity_all_p<fraction>.csv`): a re-run resumes, and more subsets,
 eps or replays compute only what is new.
@@ -40,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from models import Ops  # noqa: E402
 from sgd_influence.base import layout  # noqa: E402
 from sgd_influence.base.errors import UserError, run_command  # noqa: E402
 from sgd_influence.base.layout import checkpoint_path, step_record_path  # noqa: E402
@@ -48,7 +55,7 @@ from sgd_influence.base.progress import bar  # noqa: E402
 from sgd_influence.checks import lds  # noqa: E402
 from sgd_influence.config.settings import set_context  # noqa: E402
 from sgd_influence.core import network  # noqa: E402
-from sgd_influence.core.graphs import GraphCache, evaluate, trainable_params  # noqa: E402
+from sgd_influence.core.graphs import GraphCache, LossGraph, evaluate, trainable_params  # noqa: E402
 from sgd_influence.core.params import load_checkpoint  # noqa: E402
 from sgd_influence.core.replay import WINDOWS, window_start, window_steps  # noqa: E402
 from sgd_influence.core.step_record import StepRecord  # noqa: E402
@@ -135,6 +142,63 @@ def linearity(data, net, out: str, seed: int, fraction: float, m: int, eps: Sequ
             "truths": lds.read_truths(lds.truths_path(cache, fraction, window))}
 
 
+class PoolRecorder(Ops):
+    """The network's own non-affine pieces, keeping every max-pool input (to count ties)."""
+
+    def __init__(self):
+        self.pooled: List[tuple] = []
+
+    def max_pool(self, h, kernel):
+        self.pooled.append((h, tuple(kernel)))
+        return super().max_pool(h, kernel)
+
+
+def branch_check(data, net, out: str, seed: int, window: str, batch_size: int) -> dict:
+    """At the window's start, on its first recorded batch: how far the parameter gradient of the training's
+    graph moves (|g' - g| / |g|, all trainable parameters) when (a) the same loss is computed by the weighted
+    batch norm at w = 1 (the retrace's and the probe's graph: mathematically the same function), and (b) theta
+    is moved by the LDS's half-ulp (replay 1); the losses' relative difference under (a); and the share of the
+    max-pool windows whose maximum is tied exactly, at a positive value. A gradient that moves far more under
+    (a) than under (b) is taken where the network is not differentiable: which branch a ReLU / max-pool takes
+    is decided by float32 rounding, so the derivative depends on how the loss is computed."""
+    run_dir = layout.train_dir(out, seed)
+    record = StepRecord.load(step_record_path(run_dir))
+    start, t = window_start(record, window), int(window_steps(record, window)[0])
+    init_model(data, 0, batch_size, net)
+    idx, aug = record.batch(t)
+    x, y = data.train_batch(idx, aug)
+    params = trainable_params()
+
+    def gradient(coupling: bool, r: int, ops: Optional[Ops] = None) -> tuple:
+        load_checkpoint(checkpoint_path(run_dir, start))
+        lds.perturb(seed, r)
+        g = LossGraph(len(idx), data.image_shape, data.n_classes, test=False, net=net, ops=ops, bn_coupling=coupling)
+        g.feed(x, y, 1.0 / len(idx))
+        g.loss.forward(clear_no_need_grad=ops is None)
+        for v in params.values():
+            v.grad.zero()
+        g.loss.backward()
+        return float(g.loss.d), np.concatenate([v.g.ravel() for v in params.values()]).astype(np.float64)
+
+    pools = PoolRecorder()
+    loss, g = gradient(False, 0, pools)
+    tied = []
+    for h, (kh, kw) in pools.pooled:
+        v = h.d
+        b, c, hh, ww = v.shape
+        if hh % kh or ww % kw:
+            continue
+        win = v.reshape(b, c, hh // kh, kh, ww // kw, kw).transpose(0, 1, 2, 4, 3, 5).reshape(b, c, hh // kh, ww // kw, -1)
+        top = win.max(axis=-1)
+        tied.append(float((((win == top[..., None]).sum(axis=-1) > 1) & (top > 0)).mean()))
+    w_loss, w_g = gradient(True, 0)
+    _, u_g = gradient(False, 1)
+    norm = np.linalg.norm(g)
+    return {"step": t, "weighted_vs_training_gradient": float(np.linalg.norm(w_g - g) / norm),
+            "half_ulp_gradient": float(np.linalg.norm(u_g - g) / norm),
+            "weighted_vs_training_loss": abs(w_loss - loss) / abs(loss), "max_pool_ties": tied}
+
+
 def eps_stats(r: dict) -> List[dict]:
     """Per eps: Spearman and Pearson of f_eps/eps (mean over the replays) with g, the same for replay 0
     alone, the replays' agreement (Spearman of replays 0 and 1) and their noise (sd over subsets of
@@ -184,6 +248,14 @@ def print_report(r: dict, stats: List[dict], rem: Optional[dict]) -> None:
               f"LDS of the scores on these subsets {rem['lds_on_these_subsets']:.3f}")
 
 
+def print_branches(b: dict) -> None:
+    ties = ", ".join(f"{v:.1%}" for v in b["max_pool_ties"]) or "none"
+    print(f"branches at the window's start (its first batch, step {b['step']}): the weighted batch norm at w = 1 "
+          f"computes the training's loss to {b['weighted_vs_training_loss']:.1e} but moves its parameter gradient by "
+          f"{b['weighted_vs_training_gradient']:.2e} (relative norm), a half-ulp move of theta by "
+          f"{b['half_ulp_gradient']:.2e}; max-pool windows tied exactly at a positive maximum: {ties}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="an LDS folder (validate_influence.py --lds) holding the window's scores")
@@ -219,10 +291,12 @@ def main(argv=None) -> int:
                           args.window, args.method, args.replays, progress=True)
             stats, rem = eps_stats(r), removal_stats(r)
             print_report(r, stats, rem)
+            branches = branch_check(data, net, args.out, seed, args.window, settings["batch_size"])
+            print_branches(branches)
             results.append({"seed": seed, "method": r["method"], "subset_size": r["subset_size"],
                             "training_loss": r["training_loss"], "baseline": r["baseline"], "g": r["g"].tolist(),
                             "f_over_eps_replays": {f"{e:g}": v.tolist() for e, v in r["f_over_eps_replays"].items()},
-                            "by_eps": stats, "removal": rem})
+                            "by_eps": stats, "removal": rem, "branches": branches})
         if len(results) > 1:
             print(f"mean over the {len(results)} trainings:")
             for i, e in enumerate(args.eps):
