@@ -342,6 +342,7 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     assert not np.allclose(r["f_over_eps"][1.0], 0.0)
     stats = probe.eps_stats(r)
     assert stats[0]["spearman"] == pytest.approx(spearman(small.mean(axis=1), g)) and "replays_agree" in stats[0]
+    assert stats[0]["rms_change_over_predicted"] == pytest.approx(1.0, abs=0.06)  # in the linear range: 1
     rem = probe.removal_stats(r)  # the LDS truths of the same subsets exist (replay 0)
     assert rem is not None and np.isfinite(rem["spearman_weights_vs_removal"])
 

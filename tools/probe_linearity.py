@@ -208,7 +208,10 @@ def eps_stats(r: dict) -> List[dict]:
         mean = f.mean(axis=1)
         row = {"eps": e, "spearman": spearman(mean, g), "pearson": pearson(mean, g),
                "spearman_replay0": spearman(f[:, 0], g), "mean_f_over_eps": float(mean.mean()),
-               "sd_f_over_eps": float(mean.std()), "mean_g": float(g.mean()), "sd_g": float(g.std())}
+               "sd_f_over_eps": float(mean.std()), "mean_g": float(g.mean()), "sd_g": float(g.std()),
+               # the change itself against the first-order one: far above 1 at small eps is a response that
+               # does not shrink with eps (branches switched), not a derivative
+               "rms_change_over_predicted": float(np.sqrt(np.mean((e * mean) ** 2)) / np.sqrt(np.mean((e * g) ** 2)))}
         if f.shape[1] >= 2:
             row["replays_agree"] = spearman(f[:, 0], f[:, 1])
             row["replay_noise_sd"] = float(np.std(f[:, 0] - f[:, 1]) / np.sqrt(2))
@@ -236,11 +239,12 @@ def print_report(r: dict, stats: List[dict], rem: Optional[dict]) -> None:
           f"({r['subset_size']} instances), {len(r['g'])} subsets, {k} paired replay(s); validation loss: "
           f"training {r['training_loss']:.5f}, weighted replay w = 1 " + " / ".join(f"{b:.5f}" for b in r["baseline"]))
     head = f"{'eps':>6} {'Spearman(f/eps, g)':>19} {'replay 0':>9} {'Pearson':>8} {'mean f/eps':>11} {'mean g':>9} " \
-           f"{'sd f/eps':>9} {'sd g':>8}"
+           f"{'sd f/eps':>9} {'sd g':>8} {'rms f / rms eps g':>18}"
     print(head + (f" {'replays agree':>14} {'replay noise':>13}" if k >= 2 else ""))
     for s in stats:
         line = (f"{s['eps']:6g} {s['spearman']:19.3f} {s['spearman_replay0']:9.3f} {s['pearson']:8.3f} "
-                f"{s['mean_f_over_eps']:11.5f} {s['mean_g']:9.5f} {s['sd_f_over_eps']:9.5f} {s['sd_g']:8.5f}")
+                f"{s['mean_f_over_eps']:11.5f} {s['mean_g']:9.5f} {s['sd_f_over_eps']:9.5f} {s['sd_g']:8.5f} "
+                f"{s['rms_change_over_predicted']:18.2f}")
         print(line + (f" {s['replays_agree']:14.3f} {s['replay_noise_sd']:13.5f}" if k >= 2 else ""), flush=True)
     if rem:
         print(f"eps = 1 by weights vs the LDS's removal (replay 0): Spearman {rem['spearman_weights_vs_removal']:.3f}, "
@@ -301,7 +305,8 @@ def main(argv=None) -> int:
             print(f"mean over the {len(results)} trainings:")
             for i, e in enumerate(args.eps):
                 rows = [res["by_eps"][i] for res in results]
-                keys = [k for k in ("spearman", "spearman_replay0", "pearson", "replays_agree") if k in rows[0]]
+                keys = [k for k in ("spearman", "spearman_replay0", "pearson", "replays_agree",
+                                    "rms_change_over_predicted") if k in rows[0]]
                 print(f"  eps {e:g}: " + ", ".join(f"{k} {np.mean([row[k] for row in rows]):.3f}" for k in keys)
                       + f"; mean f/eps / mean g {np.mean([row['mean_f_over_eps'] / row['mean_g'] for row in rows]):.3f}")
         if args.json:
