@@ -38,6 +38,16 @@ LDS_EXTRA ?=
 LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --trials $(LDS_TRIALS) --lds-fraction 0.05 0.5 \
 	--methods $(LDS_METHODS) $(PARALLEL) $(LDS_EXTRA)
 
+# Smaller removals (docs/accuracy.md#against-the-removals-size): 1%, 2%, 5% and 50% at the demo's settings, LDS_TRIALS
+# trainings, 50 subsets and 2 paired replays per fraction, so that the curve's four fractions (lds_fractions.png) are
+# measured on the same trainings: a training made again on another machine is another draw (float32 rounding), so
+# the 50% of an earlier `make lds` folder is of other trainings. About 4 h here from an empty folder; a folder that
+# already holds some of its trainings, scores or truths computes only the rest. LDS_SMALL_FRACTIONS picks others.
+LDS_SMALL_OUT ?= output_lds_small
+LDS_SMALL_FRACTIONS ?= 0.01 0.02 0.05 0.5
+LDS_SMALL_ARGS = -o $(LDS_SMALL_OUT) $(DEMO_SETTINGS) --lds --trials $(LDS_TRIALS) --lds-fraction $(LDS_SMALL_FRACTIONS) \
+	--lds-subsets 50 --noise-replays 2 --methods $(LDS_METHODS) $(PARALLEL) $(LDS_EXTRA)
+
 # The whole training (Replay_all, docs/accuracy.md#the-whole-training): a smaller setting, since every truth is a
 # retraining from theta[0]. `make lds-all` (LDS_ALL_NET=models.smooth:cnn_smooth: the smooth variant) and
 # `make cleanse-all` (retraining from scratch, -ra; CLEANSE_ALL_EXTRA=--label-noise 0.1).
@@ -70,7 +80,7 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 $(PARALLEL)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: gpu-check venv data fashion-mnist-data demo demo-trials noise-trials campaign-fashion campaign-mnist lds lds-all lds-momentum cleanse-all test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
+.PHONY: gpu-check venv data fashion-mnist-data demo demo-trials noise-trials campaign-fashion campaign-mnist lds lds-small lds-all lds-momentum cleanse-all test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
@@ -106,6 +116,9 @@ campaign-mnist: venv data
 
 lds: venv fashion-mnist-data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ARGS)
+
+lds-small: venv fashion-mnist-data
+	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_SMALL_ARGS)
 
 lds-all: venv fashion-mnist-data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ALL_ARGS)

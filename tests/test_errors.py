@@ -107,8 +107,8 @@ def test_every_command_prints_its_help(command):
     assert r.stdout.startswith("usage:") and "--help" in r.stdout
 
 
-@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "lds-momentum",
-                                    "cleanse-all", "campaign-fashion", "campaign-mnist"])
+@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-small", "lds-all",
+                                    "lds-momentum", "cleanse-all", "campaign-fashion", "campaign-mnist"])
 def test_make_targets_pass_options_the_commands_accept(target):
     """Every measuring make target's command line parses with its script's own parser (a typo in the
     Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
@@ -129,6 +129,9 @@ def test_make_targets_pass_options_the_commands_accept(target):
     if target == "lds-momentum":
         assert args.lds and (args.momentum, args.weight_decay, args.lr_schedule) == (0.9, 5e-4, "cosine")
         assert args.n_train == 2000 and args.n_epochs == 10 and args.trials == 3 and args.lds_fraction == [0.05, 0.5]
+    if target == "lds-small":  # the demo's settings (the trainings of make lds), the small fractions and 50%
+        assert args.lds and args.lds_fraction == [0.01, 0.02, 0.05, 0.5] and args.lds_subsets == 50
+        assert args.noise_replays == 2 and (args.n_train, args.n_epochs, args.lr) == (2000, 10, 0.02)
     if target == "cleanse-all":
         assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
     if target.startswith("campaign"):  # the verdict's protocol: every test image, Random over three orders

@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY, tiny_data
+from conftest import TINY, TINY_BN, tiny_data
+from sgd_influence.base import layout
+from sgd_influence.base.metrics import spearman
 from sgd_influence.checks import lds
 from sgd_influence.base.errors import UserError
 from sgd_influence.core.params import StepParamsReader
@@ -50,6 +52,13 @@ def test_subsets_are_seeded_and_prefix_stable():
     assert not np.array_equal(a[0], lds.subset(100, 0.05, 0, seed=1))
     assert not np.array_equal(a[0], a[1])
     assert lds.subset_size(100, 0.001) == 1
+    # The small fractions at the demo's 2,000 training images: 20 and 40 instances, files apart.
+    for p, size in ((0.01, 20), (0.02, 40), (0.05, 100)):
+        s = lds.subset(2000, p, 0, seed=0)
+        assert len(s) == len(set(s)) == lds.subset_size(2000, p) == size
+    assert not np.array_equal(lds.subset(2000, 0.01, 0, seed=0), lds.subset(2000, 0.02, 0, seed=0)[:20])
+    assert {os.path.basename(lds.truths_path("c", p)) for p in (0.01, 0.02, 0.05)} == \
+        {"truths_p0.01.csv", "truths_p0.02.csv", "truths_p0.05.csv"}
 
 
 def test_noise_ceiling_and_block_on_constructed_truths():
@@ -120,6 +129,119 @@ def test_lds_end_to_end_on_a_tiny_net(tmp_path):
     # The truths' settings are fixed once made.
     with pytest.raises(UserError, match="n_val"):
         run_lds(lds_args(out, "--n-val", "20"), tiny_load, net=TINY, progress=False)
+
+
+def folder_files(out):
+    """{path: (mtime, bytes)} of every file under OUT (trainings and LDS caches)."""
+    found = {}
+    for d, _, fs in os.walk(out):
+        for f in fs:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                found[path] = (os.path.getmtime(path), fh.read())
+    return found
+
+
+def test_adding_fractions_and_methods_reuses_trainings_scores_and_truths(tmp_path):
+    """An LDS folder grown by two smaller fractions and a method (as `make lds-small` grows a folder
+    that holds 5%): the training, the scores, the baseline replays and the truths already there are
+    reused untouched; only the new fractions' truths and the new method's scores are computed, and
+    the old fraction's block is the same for the old methods."""
+    out = str(tmp_path / "v")
+    load = lambda seed: tiny_data(n_train=100, seed=seed)  # noqa: E731  (1%, 2%, 5%: 1, 2 and 5 instances)
+    first = run_lds(lds_args(out, "--lds-fraction", "0.05", "--lds-subsets", "6", "--methods", "Hara", "Random"),
+                    load, net=TINY, progress=False)
+    old = folder_files(out)
+    os.remove(os.path.join(out, "validation", "lds.json"))  # the summary is rewritten; all else must stay
+    grown = run_lds(lds_args(out, "--lds-fraction", "0.01", "0.02", "0.05", "--lds-subsets", "6",
+                             "--methods", "Hara", "Ours", "Random"), load, net=TINY, progress=False)
+    now = folder_files(out)
+    vdir = os.path.join(out, "validation")
+    kept = {f: v for f, v in old.items() if os.path.dirname(f) != vdir}  # lds.csv and the figures are redrawn
+    assert all(now[f] == v for f, v in kept.items()), [f for f, v in kept.items() if now[f] != v]
+    cache = lds.cache_dir(out, lds.Training(0))
+    new = {os.path.relpath(f, cache) for f in set(now) - set(old) if f.startswith(cache)}
+    assert {"truths_p0.01.csv", "truths_p0.02.csv", layout.estimate_path("", "Ours")} <= new
+    assert not any(f.startswith("replay_") for f in new)  # the baseline replays were reused
+    assert not any(f.startswith(os.path.join(out, "train")) for f in set(now) - set(old))
+    assert "train" not in grown["seconds_this_run"]
+    blocks = blocks_of(grown)
+    assert [b["fraction"] for b in blocks] == [0.01, 0.02, 0.05]
+    assert [b["subset_size"] for b in blocks] == [1, 2, 5]
+    assert all(len(lds.read_truths(lds.truths_path(cache, p))) == 12 for p in (0.01, 0.02, 0.05))
+    before, after = blocks_of(first)[0], blocks[2]
+    for m in ("Hara", "Random"):
+        assert after["methods"][m] == before["methods"][m]
+    assert after["noise_ceiling"] == before["noise_ceiling"] and "Ours" in after["methods"]
+    # The fraction figure is drawn by the run and redrawn from lds.json alone with the same rows.
+    assert os.path.exists(os.path.join(vdir, "lds_fractions.png"))
+    with open(os.path.join(vdir, "lds.json")) as f:
+        rows = lds.merge_fractions([("lds.json", json.load(f))])
+    assert [{k: v for k, v in r.items() if k != "source"} for r in rows] == \
+        json.loads(json.dumps(grown["across_trainings"]))
+
+
+def fake_summary(window, values, ceilings, methods=("Hara", "Random")):
+    """An lds.json summary with given per-training LDS values: {training: {fraction: {method: lds}}}."""
+    trainings = []
+    for name, per in values.items():
+        blocks = [{"window": window, "fraction": p, "subset_size": int(p * 2000), "subsets": 50, "replays": 2,
+                   "noise_ceiling": ceilings[name][p],
+                   "methods": {m: {"lds": v[m], "lds_single_replay": v[m] - 0.01} for m in methods}}
+                  for p, v in sorted(per.items())]
+        trainings.append({"training": name, "theta0_perturbed": name.endswith("ulp"), "blocks": blocks})
+    return {"trainings": trainings, "settings": {"methods": list(methods), "n_train": 2000}}
+
+
+def test_fraction_rows_join_lds_files_over_the_same_trainings(tmp_path):
+    """merge_fractions: each fraction from the first summary that has it, its mean and 95% t-interval
+    recomputed over the trainings asked for (numpy oracle); the twin left out by default; a missing
+    training or another window is a UserError; the figure and the command's errors."""
+    rng = np.random.default_rng(1)
+    names = ["seed_0", "seed_1", "seed_2"]
+    small = {n: {p: {"Hara": rng.uniform(0, 1), "Random": rng.uniform(-0.3, 0.3)} for p in (0.01, 0.05)}
+             for n in names + ["seed_0_theta0_ulp"]}
+    ceil_small = {n: {0.01: 0.6 + 0.1 * k, 0.05: 0.8} for k, n in enumerate(small)}
+    big = {n: {p: {"Hara": rng.uniform(0, 1), "Random": 0.0} for p in (0.05, 0.5)} for n in names + ["seed_3"]}
+    ceil_big = {n: {0.05: 0.1, 0.5: 0.95} for n in big}
+    a, b = fake_summary("last", small, ceil_small), fake_summary("last", big, ceil_big)
+    rows = lds.merge_fractions([("A", a), ("B", b)])
+    assert [(r["fraction"], r["source"]) for r in rows] == [(0.01, "A"), (0.05, "A"), (0.5, "B")]
+    for r, (src, ceil) in zip(rows, ((small, ceil_small), (small, ceil_small), (big, ceil_big))):
+        assert r["trainings"] == names  # the twin left out; seed_3 of B not asked for
+        v = [src[n][r["fraction"]]["Hara"] for n in names]
+        half = 4.303 * np.std(v, ddof=1) / np.sqrt(3)
+        assert r["methods"]["Hara"]["mean"] == pytest.approx(np.mean(v))
+        assert r["methods"]["Hara"]["ci95"] == pytest.approx([np.mean(v) - half, np.mean(v) + half])
+        assert r["noise_ceiling"]["mean"] == pytest.approx(np.mean([ceil[n][r["fraction"]] for n in names]))
+        pair = r["pairs"][0]
+        assert (pair["a"], pair["b"]) == ("Hara", "Random")
+        assert pair["difference"]["values"] == pytest.approx(
+            [src[n][r["fraction"]]["Hara"] - src[n][r["fraction"]]["Random"] for n in names])
+    two = lds.merge_fractions([("B", b), ("A", a)], ["seed_1", "seed_2"])  # B first: its 5%
+    assert [r["source"] for r in two] == ["A", "B", "B"] and two[1]["noise_ceiling"]["mean"] == pytest.approx(0.1)
+    with pytest.raises(UserError, match="B has no 0.5 block for seed_0_theta0_ulp"):
+        lds.merge_fractions([("A", a), ("B", b)], ["seed_0", "seed_0_theta0_ulp"])
+    with pytest.raises(UserError, match="window"):
+        lds.merge_fractions([("A", a), ("C", fake_summary("all", big, ceil_big))])
+    lds.plot_fractions(str(tmp_path / "f.png"), rows, "test")
+    assert (tmp_path / "f.png").stat().st_size > 10000
+
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name, summary in (("a.json", a), ("b.json", b), ("c.json", {**b, "settings": {"n_train": 1000}})):
+        (tmp_path / name).write_text(json.dumps(summary))
+    tool = [sys.executable, os.path.join(root, "tools", "plot_lds_fractions.py")]
+    ok = subprocess.run(tool + [str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(tmp_path / "g.png")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and (tmp_path / "g.png").exists(), ok.stderr
+    assert "0.5 (1000 instances" in ok.stdout and "Hara - Random" in ok.stdout
+    for argv, message in (([str(tmp_path / "a.json"), str(tmp_path / "c.json")], "n_train 1000 vs 2000"),
+                          ([str(tmp_path / "none.json")], "no file")):
+        bad = subprocess.run(tool + argv + ["-o", str(tmp_path / "h.png")], capture_output=True, text=True)
+        err = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(err) == 1 and message in err[0], bad.stderr
 
 
 def test_lds_over_trainings_grows_without_recomputing(tmp_path):
@@ -194,3 +316,54 @@ def test_bad_lds_options_are_one_line(tmp_path, capsys, argv, message):
     assert main(["-o", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, capsys):
+    """tools/probe_linearity.py --window last: on a smooth tiny net with batch norm, lowering a subset's
+    weight by eps = 0.01 in every step of the last epoch changes the validation loss by eps times Hara's
+    summed scores (its derivative, with the batch-norm coupling), for the unperturbed and the
+    half-ulp-moved replay alike; eps = 1 moves it; the losses are cached (a re-run computes nothing,
+    a fifth subset only its own); a folder without an LDS is one error line."""
+    from test_replay_all import SMOOTH_BN, probe_module
+    probe = probe_module()
+    out = str(tmp_path / "v")
+    args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
+                                      "--lr", "0.05", "--lds", "--retrace", "exact", "--lds-fraction", "0.25",
+                                      "--lds-subsets", "5", "--methods", "Hara"])
+    args.dataset = "tiny"
+    check_args(args)
+    run_lds(args, tiny_load, net=SMOOTH_BN, progress=False)
+    r = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="last", replays=2)
+    assert r["method"] == "Hara" and r["window"] == "last" and r["subset_size"] == 8
+    g, small = r["g"], r["f_over_eps_replays"][0.01]
+    assert small.shape == (4, 2) and np.abs(g).min() > 1e-4
+    for q in range(2):
+        np.testing.assert_allclose(small[:, q], g, rtol=0.05, atol=0.02 * np.abs(g).max())
+    assert not np.allclose(r["f_over_eps"][1.0], 0.0)
+    stats = probe.eps_stats(r)
+    assert stats[0]["spearman"] == pytest.approx(spearman(small.mean(axis=1), g)) and "replays_agree" in stats[0]
+    assert stats[0]["rms_change_over_predicted"] == pytest.approx(1.0, abs=0.06)  # in the linear range: 1
+    rem = probe.removal_stats(r)  # the LDS truths of the same subsets exist (replay 0)
+    assert rem is not None and np.isfinite(rem["spearman_weights_vs_removal"])
+
+    path = lds.linearity_path(lds.cache_dir(out, lds.Training(0)), 0.25)
+    assert len(probe.read_losses(path)) == 2 + 4 * 2 * 2
+    mtime = os.path.getmtime(path)
+    again = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="last", replays=2)
+    assert os.path.getmtime(path) == mtime and np.array_equal(again["f_over_eps"][0.01], r["f_over_eps"][0.01])
+    more = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 5, (0.01, 1.0), 8, window="last", replays=2)
+    assert len(probe.read_losses(path)) == 2 + 5 * 2 * 2
+    assert np.array_equal(more["f_over_eps_replays"][1.0][:4], r["f_over_eps_replays"][1.0])
+
+    # The branch check: on the smooth net both graphs give one gradient (float32 apart), and there is no max-pool;
+    # the same parameters in the ReLU / max-pool net (TINY_BN, the same parameter names) count their ties.
+    smooth = probe.branch_check(tiny_data(seed=0), SMOOTH_BN, out, 0, "last", 8)
+    assert smooth["weighted_vs_training_loss"] < 1e-5 and smooth["weighted_vs_training_gradient"] < 1e-4
+    assert smooth["half_ulp_gradient"] < 1e-4 and smooth["max_pool_ties"] == []
+    relu = probe.branch_check(tiny_data(seed=0), TINY_BN, out, 0, "last", 8)
+    assert len(relu["max_pool_ties"]) == 2 and all(0 <= v <= 1 for v in relu["max_pool_ties"])
+    assert probe.main([str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a validate_influence.py --lds folder" in err[0]
+    with pytest.raises(UserError, match="--methods Replay_all"):
+        probe.default_method(lds.cache_dir(out, lds.Training(0)), "all")

@@ -281,17 +281,22 @@ def test_replay_all_on_a_dask_cluster_is_the_in_process_unit(idx_dir, tmp_path):
     assert local == cluster
 
 
-def test_linearity_probe_at_small_eps_is_replay_alls_prediction(tmp_path):
-    """tools/probe_whole_training_linearity.py: on a smooth net, lowering a subset's weight by a small
-    eps in every step of a whole retraining changes the validation loss by eps times Replay_all's
-    summed scores (its derivative), and eps = 1 moves it by more than the probe's float noise."""
+def probe_module():
+    """tools/probe_linearity.py as a module."""
     import importlib.util
-    from sgd_influence.checks.validate import build_parser, check_args, run_lds
     spec = importlib.util.spec_from_file_location(
-        "probe", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "tools", "probe_whole_training_linearity.py"))
+        "probe", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "probe_linearity.py"))
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
+    return probe
+
+
+def test_linearity_probe_at_small_eps_is_replay_alls_prediction(tmp_path):
+    """tools/probe_linearity.py --window all: on a smooth net, lowering a subset's weight by a small
+    eps in every step of a whole retraining changes the validation loss by eps times Replay_all's
+    summed scores (its derivative), and eps = 1 moves it by more than the probe's float noise."""
+    from sgd_influence.checks.validate import build_parser, check_args, run_lds
+    probe = probe_module()
     out = str(tmp_path / "v")
     args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
                                       "--lr", "0.05", "--lds", "--retrace", "exact", "--lds-window", "all",
@@ -299,7 +304,8 @@ def test_linearity_probe_at_small_eps_is_replay_alls_prediction(tmp_path):
     args.dataset = "tiny"
     check_args(args)
     run_lds(args, lambda seed: tiny_data(seed=seed), net=SMOOTH_BN, progress=False)
-    r = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8)
+    r = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="all")
+    assert r["method"] == "Replay_all"
     g, small = r["g"], r["f_over_eps"][0.01]
     assert np.abs(g).min() > 1e-4
     np.testing.assert_allclose(small, g, rtol=0.05, atol=0.02 * np.abs(g).max())

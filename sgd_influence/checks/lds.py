@@ -54,13 +54,14 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from datasets import Data
 from models import cnn
 from ..base import figures, layout
+from ..base.errors import UserError
 from ..core import network
 from ..pipeline.runner import run_units
 from ..core.graphs import GraphCache, evaluate, trainable_params
@@ -200,6 +201,11 @@ def result_path(vdir: str, name: str, window: str = "last") -> str:
 
 def truths_path(cache: str, fraction: float, window: str = "last") -> str:
     return os.path.join(cache, f"truths_{_tag(window)}p{fraction:g}.csv")
+
+
+def linearity_path(cache: str, fraction: float, window: str = "last") -> str:
+    """The eps probe's cache (tools/probe_linearity.py): the validation loss of each weighted replay."""
+    return os.path.join(cache, f"linearity_{_tag(window)}p{fraction:g}.csv")
 
 
 def read_truths(path: str) -> Dict[tuple, float]:
@@ -442,5 +448,83 @@ def plot_trainings(path: str, across: List[dict], twin: Optional[List[dict]] = N
         ax.set_xticklabels(methods, rotation=30, ha="right")
         ax.set(ylabel="LDS", title=f"{row['fraction']:g} removed: {len(row['trainings'])} trainings\n"
                                    f"(dots: each; bar: mean, 95% t; dashed: ceiling{'; x: twin' if twin else ''})")
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
+def merge_fractions(summaries: Sequence[Tuple[str, dict]], trainings: Optional[Sequence[str]] = None) -> List[dict]:
+    """The `across_trainings` rows of one or more lds.json summaries ((label, summary) pairs), one per
+    fraction, each fraction from the first summary that has it, recomputed over `trainings` (names
+    such as seed_0; default: the first summary's trainings that are not twins) from the per-training
+    blocks, so every fraction is over the same trainings. Each row gains `source` (its summary's
+    label). Summaries of different windows, or a summary that lacks one of the trainings at a
+    fraction it gives, are a UserError."""
+    label0, first = summaries[0]
+    names = list(trainings or [t["training"] for t in first["trainings"] if not t["theta0_perturbed"]])
+    window = {b.get("window", "last") for t in first["trainings"] for b in t["blocks"]}
+    rows: Dict[float, dict] = {}
+    for label, summary in summaries:
+        per = {t["training"]: {b["fraction"]: b for b in t["blocks"]} for t in summary["trainings"]}
+        windows = {b.get("window", "last") for t in summary["trainings"] for b in t["blocks"]}
+        if windows != window:
+            raise UserError(f"{label} holds the {'/'.join(sorted(windows))} window, {label0} the "
+                            f"{'/'.join(sorted(window))} one; give summaries of one window")
+        fractions = sorted({p for blocks in per.values() for p in blocks} - set(rows))
+        for p in fractions:
+            missing = [n for n in names if p not in per.get(n, {})]
+            if missing:
+                raise UserError(f"{label} has no {p:g} block for {', '.join(missing)}; "
+                                f"pick trainings it has with --trainings")
+            blocks = {n: [per[n][p]] for n in names}
+            order = summary.get("settings", {}).get("methods") or list(per[names[0]][p]["methods"])  # the run's order
+            methods = [m for m in order if all(m in blocks[n][0]["methods"] for n in names)]
+            rows[p] = {**across_trainings(blocks, methods)[0], "source": label}
+    return [rows[p] for p in sorted(rows)]
+
+
+def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
+    """Against the removed fraction (log x): each method's mean LDS over the trainings with its 95%
+    t-interval (offset sideways a little per method), and the mean noise ceiling with its interval
+    (black, dashed); right: each method's mean LDS divided by the mean ceiling, with 0.9 marked."""
+    plt = figures.pyplot()
+    import matplotlib.ticker as mticker
+    fractions = [row["fraction"] for row in across]
+    methods = list(dict.fromkeys(m for row in across for m, st in row["methods"].items() if st))
+    fig, (ax, rx) = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    ceil = [row["noise_ceiling"] for row in across]
+    lo = [c["ci95"][0] if c["ci95"][0] is not None else c["mean"] for c in ceil]
+    hi = [c["ci95"][1] if c["ci95"][1] is not None else c["mean"] for c in ceil]
+    ax.fill_between(fractions, lo, hi, color="0.5", alpha=0.15, lw=0)
+    ax.plot(fractions, [c["mean"] for c in ceil], "k--", marker="s", ms=4, label="noise ceiling")
+    for i, m in enumerate(methods):
+        shift = 1.07 ** (i - (len(methods) - 1) / 2)
+        pts = [(row["fraction"], row["methods"][m], row["noise_ceiling"]["mean"]) for row in across
+               if row["methods"].get(m)]
+        x = [p * shift for p, _, _ in pts]
+        y = [st["mean"] for _, st, _ in pts]
+        err = [[st["mean"] - (st["ci95"][0] if st["ci95"][0] is not None else st["mean"]) for _, st, _ in pts],
+               [(st["ci95"][1] if st["ci95"][1] is not None else st["mean"]) - st["mean"] for _, st, _ in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=figures.color(m), label=m)
+        rx.plot([p for p, _, _ in pts], [st["mean"] / c if c > 0 else np.nan for _, st, c in pts], marker="o",
+                ms=4, color=figures.color(m), label=m)
+    ax.axhline(0, c="0.7", lw=0.5)
+    for a, top in ((ax, 1.05), (rx, 1.5)):  # an LDS lies in [-1, 1]; a t-interval of few trainings may not
+        lo_, hi_ = a.get_ylim()
+        a.set_ylim(max(lo_, -1.05), min(hi_, top))
+    rx.axhline(0.9, c="k", ls=":", lw=1)
+    rx.axhline(0, c="0.7", lw=0.5)
+    ticks = [f"{p * 100:g}%\n({row['subset_size']}; {len(row['trainings'])} tr.)" for p, row in zip(fractions, across)]
+    for a in (ax, rx):
+        a.set_xscale("log")
+        a.xaxis.set_minor_locator(mticker.NullLocator())
+        a.set_xticks(fractions)
+        a.set_xticklabels(ticks, fontsize=8)
+        a.set_xlabel("removed per subset (instances; trainings)")
+        a.grid(alpha=0.3)
+    ax.set(ylabel="LDS (mean over trainings, 95% t)", title="LDS and noise ceiling against the removal's size")
+    rx.set(ylabel="mean LDS / mean ceiling", title="share of the ceiling (dotted: 0.9)")
+    ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     figures.save(fig, path)

@@ -444,7 +444,7 @@ def lds_score_unit(args, seed: int, twin: bool, method: str, load: lds.Loader | 
 def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) -> dict:
     """The LDS over `--trials` trainings (seeds seed..seed+trials-1, and with --lds-twin the first
     seed's twin): train each (or reuse), score every method on each, replay the subsets' removals
-    of each; write lds.json, lds.csv, lds_<Method>.png and lds_trainings.png (lds_all.* for the
+    of each; write lds.json, lds.csv, lds_<Method>.png, lds_trainings.png and lds_fractions.png (lds_all.* for the
     whole-training window: lds.result_path); returns the summary.
     `load(seed)` gives the data of a trial (in-process units; workers load it from args)."""
     trainings = lds.trainings_of(args.seed, args.trials, args.lds_twin)
@@ -514,6 +514,8 @@ def run_lds(args, load: lds.Loader, net: Callable = cnn, progress: bool = True) 
                      {t.name: truths[t] for t in trainings},
                      {t.name: {p: preds[t.name][p][name] for p in fractions} for t in trainings})
     lds.plot_trainings(lds.result_path(vdir, "lds_trainings.png", w), across, twin_rows)
+    lds.plot_fractions(lds.result_path(vdir, "lds_fractions.png", w), across,
+                       f"{w} window, {len(seeds)} training(s), {m} subsets, {k} paired replays per fraction")
     return summary
 
 
