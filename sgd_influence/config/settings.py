@@ -133,26 +133,36 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     return p
 
 
-def add_data_arguments(p: argparse.ArgumentParser, n_test: bool = True) -> None:
-    """The data options: -ds, --n-train/--n-val/--n-test, --data-dir, the CSVs of -ds csv and
-    --label-noise (the drivers and validate_influence.py, which has no --n-test: it tests nothing)."""
-    p.add_argument("-ds", "--dataset", choices=DATASETS, default="cifar10", help="dataset")
-    p.add_argument("--n-train", type=positive_int, default=None, help="first N training instances after the split (default: all)")
-    p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
-    if n_test:
-        p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
+def add_data_arguments(p: argparse.ArgumentParser, dataset: str = "cifar10", n_train: Optional[int] = None,
+                       n_val: Optional[int] = None, driver: bool = True) -> None:
+    """The data options, one definition for the drivers and (`driver=False`) validate_influence.py:
+    -ds, --n-train/--n-val/--n-test, --data-dir, the CSVs of -ds csv and --label-noise. `n_train` and
+    `n_val`: validate's subset of a built-in dataset, named in the help (its default stays None: the
+    command sets it, `-ds csv` keeps all); validate has no --n-test (it tests nothing)."""
+    def first(what: str, default: Optional[int]) -> str:
+        return f"first N {what}" + (" (default: all)" if default is None else
+                                    f" (default: {default} of a built-in dataset, all of -ds csv)")
+
+    p.add_argument("-ds", "--dataset", choices=DATASETS, default=dataset, help="dataset")
+    p.add_argument("--n-train", type=positive_int, default=None, help=first("training instances after the split", n_train))
+    p.add_argument("--n-val", type=positive_int, default=None, help=first("validation instances", n_val))
+    if driver:
+        p.add_argument("--n-test", type=positive_int, default=None, help=first("test instances", None))
+    else:
+        p.set_defaults(n_test=0)  # no test split (-ds csv then needs no --test-csv)
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
     # Users' own data: Neural Network Console dataset CSVs (stored as absolute paths in run.json).
     p.add_argument("--train-csv", type=os.path.abspath, default=None,
                    help="-ds csv: training CSV, a Neural Network Console dataset CSV: header x:image,y:label (image "
-                        "paths relative to the CSV's folder) or x__0,...,x__N,y (numbers), README 'Your own data'")
+                        "paths relative to the CSV's folder) or x__0,...,x__N,y (numbers); README, 'Your own data'")
     p.add_argument("--val-csv", type=os.path.abspath, default=None,
                    help="-ds csv: validation CSV (default: 10%% of --train-csv, drawn with the trial seed)")
     p.add_argument("--test-csv", type=os.path.abspath, default=None,
-                   help="-ds csv: test CSV" + ("" if n_test else " (optional here: only its class indices count)"))
+                   help="-ds csv: test CSV" + ("" if driver else " (optional here: only its class indices count)"))
     p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
                    help="flip the labels of round(P * n_train) training instances to another random class "
-                        "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
+                        "(seeded by the trial; validation and test untouched)"
+                        + ("; list in OUT/noise/flipped_<seed>.csv" if driver else ""))
 
 
 def fit_to_data(args, data) -> None:
