@@ -107,7 +107,8 @@ def test_every_command_prints_its_help(command):
     assert r.stdout.startswith("usage:") and "--help" in r.stdout
 
 
-@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all"])
+@pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-all", "cleanse-all",
+                                    "demo-tabular", "lds-tabular"])
 def test_make_targets_pass_options_the_commands_accept(target):
     """Every measuring make target's command line parses with its script's own parser (a typo in the
     Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
@@ -127,3 +128,6 @@ def test_make_targets_pass_options_the_commands_accept(target):
         assert args.lds and args.lds_window == "all" and "Replay_all" in args.methods and args.n_epochs == 3
     if target == "cleanse-all":
         assert args.retrain_all and "Replay_all" in args.methods and args.n_epochs == 3
+    if target.endswith("-tabular"):
+        assert args.dataset == "csv" and args.net == "mlp" and args.train_csv.endswith("breast_cancer/train.csv")
+        assert (args.lds and args.trials >= 3) if target == "lds-tabular" else args.n_trials >= 3
