@@ -472,3 +472,32 @@ def test_breast_cancer_files_where_fetched():
     x, y, names = breast_cancer.read_source(os.path.join(folder, breast_cancer.SOURCE))
     assert x.shape == (569, 30) and np.bincount(y).tolist() == [212, 357] and names == ["malignant", "benign"]
     assert [len(read_table(os.path.join(folder, f"{p}.csv")).y) for p in breast_cancer.PARTS] == [341, 114, 114]
+
+
+def test_a_batch_of_one_leaves_batch_norm_running_statistics_as_they_were(tmp_path):
+    """nnabla's running variance after a training-mode batch of one is NaN (unbiased n/(n-1)); a step on one
+    instance (a retraining that removed the rest of its batch, a training set of k * batch_size + 1) keeps
+    the running statistics instead, and takes the same gradient step as before."""
+    data = vector_data(n_train=33)  # 4 batches of 8 and one of 1
+    run = str(tmp_path)
+    train(data, run, seed=0, epochs=2, batch_size=8, lr=0.05, keep_step_params=False, progress=False, net=TINY_MLP_BN,
+          augment=False)
+    init_model(data, 0, 8, TINY_MLP_BN)
+    load_checkpoint(layout.checkpoint_path(run, 2))
+    running = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items() if not v.need_grad}
+    assert running and all(np.all(np.isfinite(v)) for v in running.values())
+    record = StepRecord.load(layout.step_record_path(run))
+    sgd = SGD(init_model(data, 0, 8, TINY_MLP_BN), data)
+    t = record.steps_of_epoch(1)[0]
+    idx = record.batch(t)[0]
+    keep = np.zeros(len(data.train), bool)
+    keep[idx[3]] = True  # all but one instance of the batch removed
+    load_checkpoint(layout.checkpoint_path(run, 1))
+    before = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    sgd.replay(record, t, keep)
+    after = nn.get_parameters(grad_only=False)
+    assert all(np.array_equal(after[k].d, before[k]) for k in running)
+    # The trainable parameters moved by -lr/|S_t| * the gradient of that one instance's loss (batch norm of
+    # one sample outputs beta, so the layers below it get none).
+    moved = [k for k in before if after[k].need_grad and not np.array_equal(after[k].d, before[k])]
+    assert "layer2/fc/affine/W" in moved and "layer1/fc/affine/W" not in moved
