@@ -53,7 +53,7 @@ TABULAR_EXTRA ?=
 TABULAR_ARGS = -o $(TABULAR_OUT) $(TABULAR_SETTINGS) -nt $(TABULAR_TRIALS) -r 0 5 10 20 40 80 \
 	--methods Hara Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(TABULAR_EXTRA)
 LDS_TABULAR_OUT ?= output_lds_tabular
-LDS_TABULAR_TRIALS ?= 5
+LDS_TABULAR_TRIALS ?= 10
 LDS_TABULAR_ARGS = -o $(LDS_TABULAR_OUT) $(TABULAR_SETTINGS) --lds --trials $(LDS_TABULAR_TRIALS) \
 	--lds-fraction 0.05 0.5 --methods Hara Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(LDS_EXTRA)
 
