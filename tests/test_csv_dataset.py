@@ -110,11 +110,11 @@ def bad(tmp_path, text=None, rows=None):
 @pytest.mark.parametrize("make,needle", [
     (lambda p: bad(p, text=""), "bad.csv: empty file"),
     (lambda p: bad(p, text="x:image,y:label\n"), "bad.csv: no data rows"),
-    (lambda p: bad(p, text="ok.png,1\nok.png,2\n"), "bad.csv: row 1: expected the header x:image,y:label"),
-    (lambda p: bad(p, rows=[("ok.png", 0), ("missing.png", 1)]), "bad.csv: row 3: image "),
-    (lambda p: bad(p, rows=[("ok.png", 0), ("broken.png", 1)]), "bad.csv: row 3: cannot read image"),
-    (lambda p: bad(p, rows=[("ok.png", "cat")]), "bad.csv: row 2: label 'cat' is not a non-negative integer"),
-    (lambda p: bad(p, rows=[("ok.png", "-1")]), "bad.csv: row 2: label '-1'"),
+    (lambda p: bad(p, text="ok.png,1\nok.png,2\n"), "bad.csv: row 1: expected a header naming the input x (x:image"),
+    (lambda p: bad(p, rows=[("ok.png", 0), ("missing.png", 1)]), "bad.csv: row 3, column x:image: image "),
+    (lambda p: bad(p, rows=[("ok.png", 0), ("broken.png", 1)]), "bad.csv: row 3, column x:image: cannot read image"),
+    (lambda p: bad(p, rows=[("ok.png", "cat")]), "bad.csv: row 2, column y:label: label 'cat' is not a non-negative integer"),
+    (lambda p: bad(p, rows=[("ok.png", "-1")]), "bad.csv: row 2, column y:label: label '-1'"),
     (lambda p: bad(p, rows=[("ok.png",)]), "bad.csv: row 2: 1 field(s)"),
 ])
 def test_bad_csv_is_one_clear_error(tmp_path, make, needle):
@@ -127,7 +127,7 @@ def test_bad_csv_is_one_clear_error(tmp_path, make, needle):
 def test_sixteen_bit_images_are_refused(tmp_path):
     Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "deep.png")
     path = write_csv(tmp_path / "t.csv", [("deep.png", 0)])
-    with pytest.raises(UserError, match=r"t.csv: row 2: image .*deep.png has pixel mode I"):
+    with pytest.raises(UserError, match=r"t.csv: row 2, column x:image: image .*deep.png has pixel mode I"):
         load_dataset("csv", 0, train_csv=path, test_csv=path)
 
 

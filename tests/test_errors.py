@@ -108,7 +108,8 @@ def test_every_command_prints_its_help(command):
 
 
 @pytest.mark.parametrize("target", ["demo", "demo-trials", "noise-trials", "lds", "lds-small", "lds-all",
-                                    "lds-momentum", "cleanse-all", "campaign-fashion", "campaign-mnist"])
+                                    "lds-momentum", "cleanse-all", "campaign-fashion", "campaign-mnist",
+                                    "demo-tabular", "lds-tabular"])
 def test_make_targets_pass_options_the_commands_accept(target):
     """Every measuring make target's command line parses with its script's own parser (a typo in the
     Makefile would otherwise show only after the set-up); the whole-training targets pick their window."""
@@ -137,3 +138,7 @@ def test_make_targets_pass_options_the_commands_accept(target):
     if target.startswith("campaign"):  # the verdict's protocol: every test image, Random over three orders
         assert args.n_test is None and args.random_orders == 3 and args.n_trials >= 10
         assert args.dataset == {"campaign-fashion": "fashion_mnist", "campaign-mnist": "mnist5k"}[target]
+
+    if target.endswith("-tabular"):
+        assert args.dataset == "csv" and args.net == "mlp" and args.train_csv.endswith("breast_cancer/train.csv")
+        assert (args.lds and args.trials >= 3) if target == "lds-tabular" else args.n_trials >= 3

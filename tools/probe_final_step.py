@@ -22,16 +22,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import load_dataset  # noqa: E402
 from models import cnn  # noqa: E402
 from sgd_influence.base import layout  # noqa: E402
-from sgd_influence.config.settings import set_context  # noqa: E402
+from sgd_influence.config.settings import data_for, fit_to_data, set_context  # noqa: E402
 from sgd_influence.core.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
                                   RetraceGraph, trainable_params, zero_grads)
 from sgd_influence.base.metrics import spearman  # noqa: E402
 from sgd_influence.base.layout import step_params_path, step_record_path  # noqa: E402
 from sgd_influence.core.train import train  # noqa: E402
-from sgd_influence.checks.validate import Counterfactuals, build_parser, prepare_output  # noqa: E402
+from sgd_influence.checks.validate import Counterfactuals, build_parser, check_args, prepare_output  # noqa: E402
 
 
 def pinned_removals(data, params, x, y, u_flat, lr, net=cnn):
@@ -63,8 +62,10 @@ def pinned_removals(data, params, x, y, u_flat, lr, net=cnn):
 
 def main(argv) -> None:
     args = build_parser().parse_args(argv)
+    check_args(args)  # validate's defaults (the subset of a built-in dataset)
     set_context(args.device_id)
-    data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
+    data = data_for(args, args.seed)
+    fit_to_data(args, data)
     prepare_output(args)
     run_dir = layout.train_dir(args.output_dir, args.seed)
     if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):

@@ -1,6 +1,7 @@
 """Phase 4: the paper's table and figures, and a look at what gets removed.
 
 Usage: python -m sgd_influence.analyze OUT [OUT2 ...] [--out DIR] [--no-images]
+       python -m sgd_influence.analyze OUT --export-clean METHOD N [--seed K]
 
 Reads the score, influence and cache-size files of one or more output folders
 (e.g. an eval_sgd_influence.py folder and an eval_influence_functions.py
@@ -29,6 +30,8 @@ first OUT):
   fig/agreement_seed<k>.png  influence of one method against another, one panel per pair
   fig/harmful_<method>_seed<k>.png  the 32 most negative instances (image, label, influence)
   fig/helpful_<method>_seed<k>.png  the 32 most positive
+  summary/harmful_<method>_seed<k>.csv, helpful_...  instead of the grids for inputs that are not
+                             images (vectors): their rows of the user's CSV, with influence and rank
 
 Random with several removal orders per trial (--random-orders): its value in a trial is the mean
 over its orders. Folders are merged only if every result-changing setting their run.json
@@ -555,7 +558,7 @@ def main(argv=None) -> int:
                    help="output folders of eval_sgd_influence.py / eval_influence_functions.py")
     p.add_argument("--out", default=None, help="where summary/ and fig/ are written (default: the first OUT)")
     p.add_argument("--no-images", action="store_true",
-                   help="skip the harmful/helpful image grids (they load the dataset)")
+                   help="skip the harmful/helpful image grids, or tables for vectors (they load the dataset)")
     p.add_argument("--export-clean", nargs=2, metavar=("METHOD", "N"), default=None,
                    help="instead: write OUT/export/METHOD_without_N_seedK/train.csv, an NNC dataset CSV of the "
                         "training split without the N most harmful instances by METHOD, and removed.csv "

@@ -3,25 +3,29 @@ as Neural Network Console dataset CSVs (`python -m sgd_influence.analyze OUT --e
 METHOD N [--seed K]`).
 
 Writes OUT/export/<METHOD>_without_<N>_seed<K>/:
-  train.csv    x:image,y:label: the run's training split (seed K) in its order, without the N
-               first instances of METHOD's removal order (OUT/influence/<METHOD>/..._<K>.csv);
-  removed.csv  x:image,y:label,influence,datasource_index: those N, most harmful first;
-  images/      -ds csv: none, the rows name the user's images (absolute paths); built-in
-               datasets: one PNG per training instance, as the run trained on it (resized to
-               the model resolution), named after its id, the rows relative to the CSVs' folder.
-Labels are the ones the run trained on (with --label-noise, the flipped ones). The CSVs load
-back with `-ds csv --train-csv .../train.csv`. Nothing is read from OUT but run.json and the
-influence CSV; nothing else in OUT is touched.
+  train.csv    the run's training split (seed K) in its order, without the N first instances of
+               METHOD's removal order (OUT/influence/<METHOD>/..._<K>.csv);
+  removed.csv  those N, most harmful first, with two more columns: influence,datasource_index;
+  images/      built-in datasets only: one PNG per training instance, as the run trained on it
+               (resized to the model resolution), named after its id.
+-ds csv: the rows of the user's training CSV as written, every column in its order (comment
+columns included), a file named in x (image, .npy, .csv) made an absolute path. Built-in
+datasets: columns x:image,y:label, the PNGs relative to the CSVs' folder. Labels are the ones the
+run trained on (with --label-noise, the flipped ones). The CSVs load back with `-ds csv
+--train-csv .../train.csv`. Nothing is read from OUT but run.json and the influence CSV; nothing
+else in OUT is touched.
 """
 from __future__ import annotations
 
 import csv
 import os
 from io import StringIO
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from datasets import Split
+from datasets.nnc_dataset import read_table
 from ..base import layout
 from ..base.errors import UserError
 from ..base.methods import DRIVER_METHODS
@@ -46,6 +50,23 @@ def _write_png(path: str, image: np.ndarray) -> None:
     a = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
     with layout.atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
+
+
+def user_rows(train_csv: str, train: Split) -> Tuple[List[str], List[List[str]], List[int]]:
+    """The header of the user's training CSV and, for every instance of `train` (a split of it), its
+    row as written: fields beyond the header dropped, a file named in x made an absolute path, and
+    the label replaced by the one trained on where they differ (--label-noise); and the row numbers
+    (the lines of the file, header = row 1)."""
+    table = read_table(train_csv)
+    rows = []
+    for j, k in enumerate(train.rows):
+        cells = list(table.cells[k][:len(table.header)])
+        if table.kind != "vector":
+            cells[table.columns[0]] = table.x[k]
+        if int(train.y[j]) != int(table.y[k]):
+            cells[table.label_column] = str(int(train.y[j]))
+        rows.append(cells)
+    return list(table.header), rows, [table.lines[k] for k in train.rows]
 
 
 def export_clean(out: str, method: str, n_text: str, seed: int) -> str:
@@ -75,7 +96,8 @@ def export_clean(out: str, method: str, n_text: str, seed: int) -> str:
     train = data_for(args_from_settings(settings), seed).train
     order = scores["index"]
     if (len(order) != len(train) or not np.array_equal(np.sort(order), np.arange(len(train)))
-            or not np.array_equal(train.ids[order], scores["ids"])):
+            or not np.array_equal(train.ids[order], scores["ids"])
+            or not np.array_equal(train.y[order], scores["labels"])):
         raise UserError(f"{path} does not match the training split of {run_json} (seed {seed}); "
                         f"the dataset changed since the run")
     if n > len(train):
@@ -84,15 +106,16 @@ def export_clean(out: str, method: str, n_text: str, seed: int) -> str:
     keep = np.setdiff1d(np.arange(len(train)), removed)  # the training split's order
     dest = export_dir(out, method, n, seed)
     if settings["dataset"] == "csv":
-        names = list(train.ids)  # absolute paths of the user's images
+        header, rows, _ = user_rows(settings["train_csv"], train)
     else:
+        header = ["x:image", "y:label"]
         names = [os.path.join("images", f"{i.replace('/', '_')}.png") for i in train.ids]
         for i in range(len(train)):
             _write_png(os.path.join(dest, names[i]), train.x[i])
+        rows = [[names[j], int(train.y[j])] for j in range(len(train))]
     rank = {int(j): k for k, j in enumerate(order)}
     layout.write_text(os.path.join(dest, "removed.csv"), _csv_text(
-        ["x:image", "y:label", "influence", "datasource_index"],
-        [[names[j], int(train.y[j]), f"{scores['influence'][rank[int(j)]]:.9e}", int(j)] for j in removed]))
-    layout.write_text(os.path.join(dest, "train.csv"),
-                  _csv_text(["x:image", "y:label"], [[names[j], int(train.y[j])] for j in keep]))
+        header + ["influence", "datasource_index"],
+        [rows[j] + [f"{scores['influence'][rank[int(j)]]:.9e}", int(j)] for j in removed]))
+    layout.write_text(os.path.join(dest, "train.csv"), _csv_text(header, [rows[j] for j in keep]))
     return dest

@@ -1,8 +1,11 @@
-"""The most harmful and most helpful training instances of each method, as image grids."""
+"""The most harmful and most helpful training instances of each method: image grids, or for
+inputs that are not images (vectors of a tabular CSV) tables of their rows."""
 from __future__ import annotations
 
+import csv
 import math
 import os
+from io import StringIO
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -14,6 +17,7 @@ from ..base.figures import pyplot, save
 from ..base.layout import Folder
 from ..base.methods import is_control, sort_key
 from ..config.settings import args_from_settings, data_for
+from .export import user_rows
 
 GRID = 32  # instances per harmful/helpful grid
 
@@ -54,13 +58,36 @@ def plot_grid(images: np.ndarray, labels: np.ndarray, values: np.ndarray, path: 
     save(fig, path, dpi=100)
 
 
+def write_table(path: str, train, picked: np.ndarray, influence: np.ndarray, train_csv: str | None) -> None:
+    """The picked training instances, one row each: rank, influence, datasource_index, then the row
+    number and the row of the user's training CSV as written (export.user_rows), or (no CSV) id,
+    label and the inputs."""
+    if train_csv:
+        header, rows, lines = user_rows(train_csv, train)
+        header = ["row"] + header
+        rows = [[lines[j]] + rows[j] for j in picked]
+    else:
+        flat = train.x[picked].reshape(len(picked), -1)
+        header = ["x:image", "y:label"] + [f"x__{i}" for i in range(flat.shape[1])]
+        rows = [[train.ids[j], int(train.y[j])] + [f"{v:.7g}" for v in flat[k]] for k, j in enumerate(picked)]
+    buf = StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rank", "influence", "datasource_index"] + header)
+    w.writerows([k + 1, f"{v:.9e}", int(j)] + r for k, (j, v, r) in enumerate(zip(picked, influence, rows)))
+    layout.write_text(path, buf.getvalue())
+
+
 def load_train_images(folder: Folder, seed: int):
     """The run's training split for `seed`, loaded exactly as the drivers load it."""
     return data_for(args_from_settings(folder.settings), seed).train
 
 
-def write_grids(influence: Dict[str, Dict[int, str]], source: Dict[str, Folder], fig_dir: str) -> List[str]:
-    """harmful_/helpful_<method>_seed<k>.png for every scoring method and trial."""
+def write_grids(influence: Dict[str, Dict[int, str]], source: Dict[str, Folder], fig_dir: str,
+                table_dir: str | None = None) -> List[str]:
+    """harmful_/helpful_<method>_seed<k>.png in `fig_dir` for every scoring method and trial; for
+    inputs that are not images, harmful_/helpful_<method>_seed<k>.csv tables (`write_table`) in
+    `table_dir` (default: beside fig_dir, in summary/)."""
+    table_dir = table_dir or os.path.join(os.path.dirname(fig_dir), "summary")
     written = []
     for method in sorted((m for m in influence if not is_control(m)), key=sort_key):
         for seed, path in sorted(influence[method].items()):
@@ -78,8 +105,14 @@ def write_grids(influence: Dict[str, Dict[int, str]], source: Dict[str, Folder],
                 return written
             k = min(GRID, len(f["index"]))
             for kind, pick in (("harmful", np.arange(k)), ("helpful", np.arange(len(f["index"]))[::-1][:k])):
-                out = os.path.join(fig_dir, f"{kind}_{method}_seed{seed}.png")
                 idx = f["index"][pick]
+                if train.x.dtype != np.uint8:  # not images: a table of the rows
+                    out = os.path.join(table_dir, f"{kind}_{method}_seed{seed}.csv")
+                    write_table(out, train, idx, f["influence"][pick],
+                                source[method].settings.get("train_csv") if train.rows is not None else None)
+                    written.append(out)
+                    continue
+                out = os.path.join(fig_dir, f"{kind}_{method}_seed{seed}.png")
                 which = "most negative: removal lowers the validation loss" if kind == "harmful" \
                     else "most positive: removal raises the validation loss"
                 plot_grid(train.x[idx], f["labels"][pick], f["influence"][pick], out,

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -71,6 +72,7 @@ from ..base.layout import checkpoint_path, step_record_path
 from ..core.replay import WINDOWS, window_start, window_steps
 from ..core.step_record import StepRecord
 from ..core.train import SGD, init_model, load_state_at, perturb_half_ulp, replay_steps
+from ..config.settings import data_for
 
 # --------------------------------------------------------------- trainings
 @dataclass(frozen=True)
@@ -168,14 +170,22 @@ class PairedReplays:
         path = self.baseline_path(r)
         if os.path.exists(path):
             return float(layout.read_json(path)["val_loss"])
+        started, storing = time.perf_counter(), [0.0]
+
+        def store(i: int) -> None:  # keeps theta^r[t]; timed apart (a counterfactual replay stores nothing)
+            t0 = time.perf_counter()
+            writer.append()
+            storing[0] += time.perf_counter() - t0
         load_checkpoint(checkpoint_path(self.run_dir, self.start))
         load_state_at(self.sgd, self.run_dir, self.record, self.start)  # the optimizer's state there (if any)
         perturb(self.seed, r)
         writer = StepParamsWriter(self.store_path(r), self.sgd.state if self.record.recipe.stateful else None)
-        replay_steps(self.sgd, self.record, self.steps, before=lambda i: writer.append())  # keeps theta^r[t]
+        replay_steps(self.sgd, self.record, self.steps, before=store)
         writer.close()
         loss = self.val_loss()
-        layout.write_json(path, {"replay": r, "val_loss": loss})
+        epochs = len(set(self.record.epoch[self.steps].tolist()))
+        seconds = time.perf_counter() - started - storing[0]  # the replay and the loss: cost_line's measure
+        layout.write_json(path, {"replay": r, "val_loss": loss, "epochs": epochs, "seconds": round(seconds, 3)})
         return loss
 
     def truth(self, removed: np.ndarray, r: int) -> float:
@@ -231,8 +241,7 @@ Loader = Callable[[int], Data]  # the data of a trial seed
 
 def load_data(args, seed: int) -> Data:
     """The data of trial `seed` as the command loads it (a worker process builds its own)."""
-    from datasets import load_dataset
-    return load_dataset(args.dataset, seed, args.data_dir, args.n_train, args.n_val, 1)
+    return data_for(args, seed)
 
 
 def window_of(args) -> str:
@@ -289,9 +298,45 @@ def compute_truths(args, trainings: Sequence[Training], load: Optional[Loader], 
         done[(t, p)][(s, r)] = value
         write_truths(truths_path(cache_dir(args.output_dir, t), p, w), done[(t, p)])
 
+    if units:
+        cached = sum(s < m and r < k for d in done.values() for s, r in d)
+        print(cost_line(args, trainings, len(units), cached), flush=True)
     run_units(units, args, "LDS counterfactual replays", keep, progress, load=load, net=net)
     return {t: {p: np.array([[done[(t, p)][(s, r)] for r in range(k)] for s in range(m)]) for p in fractions}
             for t in trainings}
+
+
+def cost_line(args, trainings: Sequence[Training], todo: int, cached: int) -> str:
+    """What the counterfactual replays will cost: their number times the seconds per epoch measured by
+    the baseline replays (each counterfactual replays the window from its subset's first step: at
+    most the window). Baselines made before they were timed leave the time unknown."""
+    w = window_of(args)
+    per_epoch = []
+    for t in trainings:
+        for r in range(args.noise_replays):
+            info = layout.read_json(baseline_path(cache_dir(args.output_dir, t), r, w))
+            if info.get("seconds") and info.get("epochs"):
+                per_epoch.append(info["seconds"] / info["epochs"])
+    epochs = 1 if w == "last" else args.n_epochs
+    text = (f"LDS: {todo} counterfactual retrainings to run ({len(trainings)} training(s) x "
+            f"{len(args.lds_fraction)} fraction(s) x {args.lds_subsets} subsets x {args.noise_replays} replays"
+            + (f"; {cached} done before" if cached else "") + f"), each replaying at most {epochs} epoch(s)")
+    if not per_epoch:
+        return text + " (seconds per epoch not measured: the baseline replays predate timing)"
+    secs = float(np.median(per_epoch))
+    workers = 1 if getattr(args, "scheduler", None) else max(1, min(args.workers, todo))
+    total = todo * epochs * secs / workers
+    where = "on the cluster's workers: less" if getattr(args, "scheduler", None) else f"with {workers} worker(s)"
+    return (f"{text} x {secs:.2f} s per epoch (measured by the baseline replays) = at most "
+            f"{_duration(total)} {where}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # -------------------------------------------------------------- metrics

@@ -37,7 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from datasets import DATASETS, Data, load_dataset
+from datasets import Data
 from influence_functions.infl import influence_functions
 from models import cnn
 from ..base import figures, layout
@@ -53,9 +53,9 @@ from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreemen
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
 from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
-                               add_published_bundle_size, add_replay_memory, build_parser as driver_parser, check_settings, code_version,
-                               device, differences, nonneg_int, positive_float, positive_int, replay_budget,
-                               set_context)
+                               add_data_arguments, add_published_bundle_size, add_replay_memory,
+                               build_parser as driver_parser, check_settings, code_version, data_for, device, differences, fit_to_data, nonneg_int,
+                               positive_float, positive_int, replay_budget, set_context)
 from ..core.step_record import StepRecord
 from ..core.train import load_state_at, replay_steps, train, trainer_at
 
@@ -76,8 +76,9 @@ TRUTHS = ("true_linear", "true_val_loss_change")
 METRICS = {"pearson": pearson, "spearman": spearman, "kendall": kendall_tau_b,
            "jaccard_top10_negative": jaccard_lowest, "sign_agreement": sign_agreement}
 # Settings that determine the training; a training in -o is reused only when they match.
-TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", *network.SETTING_DEFAULTS,
-                  *optimizer.SETTING_DEFAULTS)
+# The CSVs count (the test CSV's class indices size the network), and so does --label-noise.
+TRAIN_SETTINGS = ("dataset", "n_epochs", "batch_size", "lr", "n_train", "no_augment", "train_csv", "val_csv",
+                  "test_csv", "label_noise", *network.SETTING_DEFAULTS, *optimizer.SETTING_DEFAULTS)
 # Settings of the validation itself (its cache is reused only when they match).
 VALIDATION_SETTINGS = TRAIN_SETTINGS + ("n_val", "n_check", "seed", "retrace", "bn_coupling", "if_alpha", "if_lr", "if_momentum", "if_epochs",
                                          "if_last_iterate")
@@ -573,6 +574,8 @@ def print_summary(summary: dict) -> None:
 # LDS defaults (docs/accuracy.md, Group removals: the cheapest fraction and number of
 # replays whose noise ceiling reached 0.8 on the make demo settings).
 LDS_FRACTIONS = (0.5,)
+# The default subset of a built-in dataset (-ds csv: all of the user's CSVs).
+SUBSET = {"n_train": 1000, "n_val": 500}
 LDS_SUBSETS = 50
 LDS_REPLAYS = 2
 
@@ -587,6 +590,9 @@ def open_fraction(text: str) -> float:
 def check_args(args) -> None:
     """Resolve the mode's defaults; a combination that makes no sense is one clear error."""
     optimizer.checked(args)
+    for key, n in SUBSET.items():  # a subset of a built-in dataset; all of the user's CSVs
+        if getattr(args, key) is None and args.dataset != "csv":
+            setattr(args, key, n)
     lds_opts = {"--lds-fraction": args.lds_fraction, "--lds-subsets": args.lds_subsets,
                 "--lds-window": args.lds_window,
                 "--noise-replays": args.noise_replays, "--trials": args.trials, "--lds-twin": args.lds_twin}
@@ -622,14 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("-o", "--output_dir", default="output_validation",
                    help="output folder; a training there with the same settings is reused; results in OUT/validation")
-    p.add_argument("-ds", "--dataset", choices=[d for d in DATASETS if d != "csv"], default="fashion_mnist",
-                   help="dataset")
-    p.add_argument("--n-train", type=positive_int, default=1000, help="first N training instances after the split")
-    p.add_argument("--n-val", type=positive_int, default=500, help="first N validation instances")
+    add_data_arguments(p, dataset="fashion_mnist", n_train=SUBSET["n_train"], n_val=SUBSET["n_val"], driver=False)
     p.add_argument("-e", "--n_epochs", type=positive_int, default=3, help="training epochs")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=64, help="SGD mini-batch size")
     p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
     p.add_argument("--no-augment", action="store_true", help="train without random crop and flip")
     p.add_argument("--n-check", type=positive_int, default=100,
                    help="instances retrained without (a quarter from each tail of Ours, half at random)")
@@ -697,7 +699,8 @@ def main(argv) -> int:
     def body() -> None:
         check_args(args)
         set_context(args.device_id)
-        data = load_dataset(args.dataset, args.seed, args.data_dir, args.n_train, args.n_val, 1)
+        data = data_for(args, args.seed)
+        fit_to_data(args, data)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
         net = network.checked(args, data.image_shape, data.n_classes)

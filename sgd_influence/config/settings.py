@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import os
 import subprocess
+import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -90,23 +91,13 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     p.add_argument("-nt", "--n_trials", type=positive_int, default=6, help="trials, seeded 0..nt-1")
     p.add_argument("-r", "--remove_n_list", type=nonneg_int, nargs="+", default=DEFAULT_REMOVE,
                    help="numbers of most negative instances to remove (sizes >= the training set are skipped)")
-    p.add_argument("-ds", "--dataset", choices=DATASETS, default="cifar10", help="dataset")
     p.add_argument("-di", "--device-id", type=device, default="0",
                    help="GPU id when nnabla-ext-cuda is installed, or cpu (CPU always without the extension)")
     p.add_argument("-ra", "--retrain_all", action="store_true",
                    help="retrain every epoch from the initial parameters instead of only the last epoch")
     p.add_argument("-bs", "--batch-size", type=positive_int, default=64, help="SGD mini-batch size")
     p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate")
-    p.add_argument("--n-train", type=positive_int, default=None, help="first N training instances after the split (default: all)")
-    p.add_argument("--n-val", type=positive_int, default=None, help="first N validation instances (default: all)")
-    p.add_argument("--n-test", type=positive_int, default=None, help="first N test instances (default: all)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
-    # Users' own data: Neural Network Console dataset CSVs (stored as absolute paths in run.json).
-    p.add_argument("--train-csv", type=os.path.abspath, default=None,
-                   help="-ds csv: training CSV (header x:image,y:label; image paths relative to the CSV's folder)")
-    p.add_argument("--val-csv", type=os.path.abspath, default=None,
-                   help="-ds csv: validation CSV (default: 10%% of --train-csv, drawn with the trial seed)")
-    p.add_argument("--test-csv", type=os.path.abspath, default=None, help="-ds csv: test CSV")
+    add_data_arguments(p)
     p.add_argument("--methods", nargs="+", choices=list(DRIVER_METHODS), default=list(default_methods),
                    metavar="METHOD", help=f"methods to run, any of {' '.join(DRIVER_METHODS)} "
                                           f"(one training serves them all)")
@@ -115,9 +106,6 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "analyze compares each method with their mean (a larger R later adds only the new orders)")
     p.add_argument("--no-augment", action="store_true",
                    help="train without random crop and flip (the published code augments)")
-    p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
-                   help="flip the labels of round(P * n_train) training instances to another random class "
-                        "(seeded by the trial; validation and test untouched); list in OUT/noise/flipped_<seed>.csv")
     p.add_argument("--retrace", choices=RETRACE_CHOICES, default="fd",
                    help="how Hara, Ours, Replay, Replay_all and TracIn_last take each step's Hessian-vector product and per-sample "
                         "products: central differences on the network pinned to its ReLU/max-pool branches "
@@ -157,6 +145,51 @@ def add_published_bundle_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--published-bundle-size", type=positive_int, default=BUNDLE_SIZE, metavar="N",
                    help="Hara_published: steps per bundle of the published per-step cache, whose files all hold the "
                         "parameters of their bundle's last step (published: 200; 1: every step its own)")
+
+
+def add_data_arguments(p: argparse.ArgumentParser, dataset: str = "cifar10", n_train: Optional[int] = None,
+                       n_val: Optional[int] = None, driver: bool = True) -> None:
+    """The data options, one definition for the drivers and (`driver=False`) validate_influence.py:
+    -ds, --n-train/--n-val/--n-test, --data-dir, the CSVs of -ds csv and --label-noise. `n_train` and
+    `n_val`: validate's subset of a built-in dataset, named in the help (its default stays None: the
+    command sets it, `-ds csv` keeps all); validate has no --n-test (it tests nothing)."""
+    def first(what: str, default: Optional[int]) -> str:
+        return f"first N {what}" + (" (default: all)" if default is None else
+                                    f" (default: {default} of a built-in dataset, all of -ds csv)")
+
+    p.add_argument("-ds", "--dataset", choices=DATASETS, default=dataset, help="dataset")
+    p.add_argument("--n-train", type=positive_int, default=None, help=first("training instances after the split", n_train))
+    p.add_argument("--n-val", type=positive_int, default=None, help=first("validation instances", n_val))
+    if driver:
+        p.add_argument("--n-test", type=positive_int, default=None, help=first("test instances", None))
+    else:
+        p.set_defaults(n_test=0)  # no test split (-ds csv then needs no --test-csv)
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $SGD_INFLUENCE_DATA or <repo>/data)")
+    # Users' own data: Neural Network Console dataset CSVs (absolute here; run.json stores them relative to
+    # the output folder and layout.read_settings resolves them).
+    p.add_argument("--train-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: training CSV, a Neural Network Console dataset CSV: header x:image,y:label (image "
+                        "paths relative to the CSV's folder) or x__0,...,x__N,y (numbers); README, 'Your own data'")
+    p.add_argument("--val-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: validation CSV (default: 10%% of --train-csv, drawn with the trial seed)")
+    p.add_argument("--test-csv", type=os.path.abspath, default=None,
+                   help="-ds csv: test CSV" + ("" if driver else " (optional here: only its class indices count)"))
+    p.add_argument("--label-noise", type=fraction, default=None, metavar="P",
+                   help="flip the labels of round(P * n_train) training instances to another random class "
+                        "(seeded by the trial; validation and test untouched)"
+                        + ("; list in OUT/noise/flipped_<seed>.csv" if driver else ""))
+
+
+def fit_to_data(args, data) -> None:
+    """The settings that follow the data, before they are recorded: --net's default (`cnn` for
+    images, `mlp` for any other input) and, for inputs that are not images, no augmentation
+    (random crop and flip of images do not apply: one line says so, as if --no-augment)."""
+    if args.net is None:
+        args.net = network.default_for(data.images)
+    if not data.images and not args.no_augment:
+        print(f"note: the inputs are not images (shape {tuple(data.image_shape)}), so random crop and flip do "
+              f"not apply: training without them (as --no-augment)", file=sys.stderr)
+        args.no_augment = True
 
 
 def add_replay_memory(p: argparse.ArgumentParser) -> None:

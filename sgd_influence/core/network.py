@@ -1,4 +1,5 @@
-"""The network influence is estimated on (--net): the paper's six-conv network, a Python
+"""The network influence is estimated on (--net): the paper's six-conv network (`cnn`, the
+default for images), a multilayer perceptron (`mlp`, the default for vectors), a Python
 function, or a network saved by Neural Network Console / nnabla (`.nnp`).
 
 A `Network` is what graphs.py builds its graphs from: called as `net(x, n_classes, test, ops)`
@@ -46,13 +47,15 @@ import nnabla.functions as F
 from nnabla.initializer import ConstantInitializer, UniformInitializer, calc_uniform_lim_glorot
 from nnabla.parameter import get_parameter_or_create
 
-from models import Ops, cnn
+from models import Ops, cnn, dense
 from .batch_norm import WeightedBatchNormOps
 from ..base.errors import UserError
 from .graphs import BranchRecorder
 from ..base.methods import METHODS
 
-DEFAULT = "cnn"
+DEFAULT = "cnn"  # for images; a run that predates --net used it
+VECTOR_DEFAULT = "mlp"  # for every other input (vectors of a tabular CSV, arrays)
+BUILTIN = {"cnn": cnn, "mlp": dense}  # --net name -> models function f(x, n_classes, test, ops=...)
 INITS = ("seed", "file")
 # The network settings of a run (run.json); a run that predates them used these values.
 SETTING_DEFAULTS = {"net": DEFAULT, "net_init": "seed", "net_sha256": None}
@@ -72,21 +75,28 @@ RANDOM = frozenset(("Dropout", "RandomCrop", "RandomFlip", "RandomShift", "Rando
 
 # --------------------------------------------------------------------------- options
 def net_spec(text: str) -> str:
-    """--net: `cnn`, `package.module:function`, or `FILE.nnp[:NETWORK]` (the file made absolute)."""
+    """--net: `cnn`, `mlp`, `package.module:function`, or `FILE.nnp[:NETWORK]` (the file made absolute)."""
     path, sep, name = _split_nnp(text)
     return os.path.abspath(path) + sep + name if path else text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """--net and --net-init, for both drivers and validate_influence.py."""
-    p.add_argument("--net", type=net_spec, default=DEFAULT, metavar="NET",
-                   help="network: cnn (the paper's six-conv network), package.module:function (f(x, test) -> "
-                        "logits, nnabla, importable from the current folder) or FILE.nnp[:NETWORK] (Neural Network "
-                        "Console / nnabla.utils.save; input the images, output the class scores); docs/own_network.md")
+    p.add_argument("--net", type=net_spec, default=None, metavar="NET",
+                   help="network: cnn (the paper's six-conv network; the default for images), mlp (two ReLU layers "
+                        "of 64 units, batch norm on the first; the default for vectors), package.module:function "
+                        "(f(x, test) -> logits, nnabla, importable from the current folder) or FILE.nnp[:NETWORK] "
+                        "(Neural Network Console / nnabla.utils.save; input the data, output the class scores); "
+                        "docs/own_network.md")
     p.add_argument("--net-init", choices=INITS, default="seed",
                    help="a .nnp network's starting parameters: a fresh initialisation seeded by the trial (seed) "
                         "or the file's values (file)")
     p.set_defaults(net_sha256=None)  # set from the network when a command resolves it (from_args)
+
+
+def default_for(images: bool) -> str:
+    """The --net of a command that gives none: `cnn` for images, `mlp` for any other input."""
+    return DEFAULT if images else VECTOR_DEFAULT
 
 
 def _split_nnp(text: str) -> Tuple[str, str, str]:
@@ -133,10 +143,10 @@ class Network:
                     ops = BranchRecorder() if fd and not test else Ops()
                     if coupling and not test:
                         ops = WeightedBatchNormOps(nn.Variable((2,)), ops)
-                    out = self(x, n_classes, test=test, ops=ops)
+                    out = self._build(x, n_classes, test, ops)
                     if tuple(out.shape) != (2, n_classes):
                         raise UserError(f"--net {self.spec}: the network's output has shape {tuple(out.shape)} for "
-                                        f"2 images of shape {tuple(image_shape)}; expected (2, {n_classes}), "
+                                        f"2 inputs of shape {tuple(image_shape)}; expected (2, {n_classes}), "
                                         f"the scores of the dataset's {n_classes} classes")
                     bad = [t for t in function_types(out) if t in RANDOM]
                     if bad:
@@ -144,12 +154,29 @@ class Network:
             finally:
                 nn.random.prng = rng
 
+    def _build(self, x: nn.Variable, n_classes: int, test: bool, ops: Ops) -> nn.Variable:
+        """The network on x; an error while building it (inputs of a shape it cannot take) is one line."""
+        try:
+            return self(x, n_classes, test=test, ops=ops)
+        except UserError:
+            raise
+        except Exception as e:  # nnabla's (and the user's) errors for inputs the network cannot take
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = (f"; the data is not images (C, H, W): use --net {VECTOR_DEFAULT}, the default for it"
+                    if self.spec == DEFAULT and len(x.shape) != 4 else "")
+            raise UserError(f"--net {self.spec}: cannot be built on inputs of shape {tuple(x.shape[1:])} "
+                            f"({type(e).__name__}: {why}){hint}") from None
+
 
 class Builtin(Network):
-    """The paper's six-conv network (models/cnn.py)."""
+    """A network of models/: the paper's six-conv network (`cnn`, models/cnn.py) or the multilayer
+    perceptron (`mlp`, models/dense.py)."""
+
+    def __init__(self, spec: str = DEFAULT):
+        self.spec, self.fn = spec, BUILTIN[spec]
 
     def __call__(self, x, n_classes, test=False, ops=None):
-        return cnn(x, n_classes, test=test, ops=ops if ops is not None else Ops())
+        return self.fn(x, n_classes, test=test, ops=ops if ops is not None else Ops())
 
 
 class PythonFunction(Network):
@@ -343,11 +370,12 @@ def _resolve(spec: str, init: str, stamp: Optional[tuple]) -> Network:
         return _load_nnp(spec, path, name, init)
     if init != "seed":
         raise UserError(f"--net-init {init} applies to .nnp networks only; --net {spec} creates its own parameters")
-    if spec == DEFAULT:
-        return Builtin()
+    if spec in BUILTIN:
+        return Builtin(spec)
     if ":" in spec:
         return _load_function(spec)
-    raise UserError(f"--net {spec}: unknown network; give cnn, package.module:function or FILE.nnp[:NETWORK]")
+    raise UserError(f"--net {spec}: unknown network; give {', '.join(BUILTIN)}, package.module:function or "
+                    f"FILE.nnp[:NETWORK]")
 
 
 def _load_function(spec: str) -> PythonFunction:

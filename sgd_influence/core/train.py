@@ -122,15 +122,24 @@ class SGD:
         return loss
 
     def step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int) -> float:
+        """One SGD step on the instances `indices`, the gradient divided by `batch_size`. A batch of one
+        instance leaves batch norm's running statistics as they were: nnabla updates the running variance
+        with the unbiased batch variance, n/(n-1) times the biased one, NaN at n = 1, which would make
+        every later test-mode output NaN (a retraining that removes all but one instance of a batch,
+        or a training set of k * batch_size + 1)."""
         if len(indices) == 0:  # every instance of the batch was removed
             if not self.recipe.plain:  # the state still moves and the decay still applies: g = 0
                 self.solver.zero_grad()
                 self._update(lr)
             return 0.0
+        params = nn.get_parameters(grad_only=False) if len(indices) == 1 else {}
+        running = {k: v.d.copy() for k, v in params.items() if not v.need_grad}
         g = self.cache.get(len(indices))
         x, y = self.data.train_batch(indices, seeds)
         g.feed(x, y, 1.0 / batch_size)
         g.loss.forward(clear_no_need_grad=True)
+        for k, v in running.items():  # training-mode forwards update them
+            params[k].d = v
         loss = float(g.loss.d)
         if not np.isfinite(loss):
             raise FloatingPointError

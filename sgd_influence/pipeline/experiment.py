@@ -33,7 +33,7 @@ from ..base.layout import noise_path, step_params_path, step_record_path
 from ..config.noise import write_flipped_csv
 from .runner import run_units
 from ..config.settings import (GPU_ENVIRONMENT, METHOD_SETTINGS, RESULT_SETTINGS, args_from_settings, build_parser,
-                               code_version, data_for, differences, replay_budget, set_context)
+                               code_version, data_for, differences, fit_to_data, replay_budget, set_context)
 from ..core.train import train
 
 
@@ -199,6 +199,7 @@ def run_experiment(args) -> None:
     context = set_context(args.device_id)
     seeds = list(range(args.n_trials))
     data = data_for(args, 0)  # fail early on missing data or bad sizes
+    fit_to_data(args, data)
     n_train = len(data.train)
     if args.batch_size > n_train:
         raise UserError(f"batch size {args.batch_size} is larger than the training set ({n_train}); lower -bs")
@@ -219,7 +220,8 @@ def run_experiment(args) -> None:
     layout.remove_stale_temporaries(args.output_dir)
     write_run_json(args, context)
     print(f"{args.dataset}: {n_train} train / {len(data.val)} val / {len(data.test)} test, "
-          f"image {data.image_shape}, context {context}, output {os.path.abspath(args.output_dir)}")
+          f"{'image' if data.images else 'input'} {data.image_shape}, net {args.net}, context {context}, "
+          f"output {os.path.abspath(args.output_dir)}")
 
     if args.label_noise:
         write_flipped(args, seeds)
