@@ -297,8 +297,10 @@ def test_bn_coupling_option_reaches_the_retrace(data, tmp_path, monkeypatch):
     assert inspect.signature(retrace).parameters["bn_coupling"].default is True  # the unpatched one
     for value in ("on", "off"):
         args = parser.parse_args(["-o", str(tmp_path / value), "--bn-coupling", value])
+        settings.fit_to_data(args, data)  # as the commands do before any unit: --net's default for the data
         experiment.retrace_unit(args, "TracIn_last", 0, progress=False)
         vargs = validate.build_parser().parse_args(["-o", str(tmp_path), "--bn-coupling", value])
+        settings.fit_to_data(vargs, data)
         validate.estimate("Hara", data, str(tmp_path), vargs, TINY, progress=False)
     assert seen == [True, True, False, False]
     assert validate.build_parser().get_default("bn_coupling") == "on"

@@ -54,8 +54,9 @@ from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
 from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
                                add_data_arguments, add_published_bundle_size, add_replay_memory,
-                               build_parser as driver_parser, check_settings, code_version, data_for, device, differences, fit_to_data, nonneg_int,
-                               positive_float, positive_int, replay_budget, set_context)
+                               build_parser as driver_parser, check_settings, code_version, data_for, device,
+                               differences, fit_to_data, nonneg_int, positive_float, positive_int, replay_budget,
+                               set_context)
 from ..core.step_record import StepRecord
 from ..core.train import load_state_at, replay_steps, train, trainer_at
 
