@@ -9,7 +9,7 @@ of the three are byte-identical and writes benchmarks/results/cluster-<label>.js
     overhead per unit = (wall with the cluster - wall with --workers 2) / units
 
 (one driver start-up each; the cluster's own start is timed apart). With --project it only
-simulates `make paper` on N workers from per-step seconds (README "Regenerating the paper").
+simulates `make paper` on N workers from per-step seconds (docs/paper.md, "Regenerating the paper").
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def paper_units(n_train: int, batch: int, train_s: float, fd_s: float, dbl_s: fl
     per trial the SGD driver's training (20 T steps), Hara and Ours retraces (T fd steps each),
     n = 0 plus `sizes` x 3 retrainings (T steps each); the influence-functions driver's own
     training, its solve + scores (3 T double-backward steps) and n = 0 plus `sizes` retrainings.
-    T = ceil(n_train / batch); the same step counts as README "Regenerating the paper"."""
+    T = ceil(n_train / batch); the same step counts as docs/paper.md."""
     t = -(-n_train // batch)
     units = []
     for driver, methods, infl_s in (("sgd", ("Hara", "Ours", "Random"), t * fd_s), ("if", ("IF",), 3 * t * dbl_s)):

@@ -655,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="redo the validation, or with --lds the LDS (the training is kept)")
     g = p.add_argument_group("LDS: group removals against the sum of the scores, with a noise ceiling "
-                             "(README, How accurate is each estimator)")
+                             "(docs/accuracy.md)")
     g.add_argument("--lds", action="store_true",
                    help="measure the linear datamodeling score of every method instead of the single-instance check")
     g.add_argument("--lds-fraction", type=open_fraction, nargs="+", default=None, metavar="P",

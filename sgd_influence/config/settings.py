@@ -131,7 +131,7 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     # The published code uses alpha 10 on CIFAR-10 and 0.1 elsewhere; 0.1 and 1 diverged on the
     # Fashion-MNIST demo model (docs/influence_functions.md), so 10 everywhere.
     g.add_argument("--if-alpha", type=positive_float, default=10.0,
-                   help="damping alpha (published: 10 on cifar10, 0.1 otherwise; 0.1 diverges, see README)")
+                   help="damping alpha (published: 10 on cifar10, 0.1 otherwise; 0.1 diverges, see docs/influence_functions.md)")
     g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")
     g.add_argument("--if-momentum", type=float, default=0.9, help="solver heavy-ball momentum")
     g.add_argument("--if-epochs", type=positive_int, default=2, help="solver epochs over the training set")
