@@ -362,6 +362,13 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     assert smooth["half_ulp_gradient"] < 1e-4 and smooth["max_pool_ties"] == []
     relu = probe.branch_check(tiny_data(seed=0), TINY_BN, out, 0, "last", 8)
     assert len(relu["max_pool_ties"]) == 2 and all(0 <= v <= 1 for v in relu["max_pool_ties"])
+    # The command's data: an LDS folder's run.json names only the settings of its day (here, from before the data
+    # options and the recipe): the rest at their values then, and no test split.
+    old = {"dataset": "fashion_mnist", "n_train": 2000, "n_val": 1000, "n_epochs": 10, "batch_size": 16, "lr": 0.02,
+           "no_augment": True, "seed": 0, "retrace": "fd", "bn_coupling": "on"}
+    run_args = probe.run_arguments(old, "/data")
+    assert (run_args.n_test, run_args.train_csv, run_args.label_noise, run_args.net) == (0, None, None, "cnn")
+    assert (run_args.data_dir, run_args.n_train, run_args.bn_coupling, run_args.momentum) == ("/data", 2000, "on", 0.0)
     assert probe.main([str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a validate_influence.py --lds folder" in err[0]
