@@ -295,6 +295,10 @@ def test_paired_differences_against_hand_computed_interval():
     one = paired_differences({"Ours": {10: {0: .9}}, "Random": {10: {0: .8}}})
     assert one[0]["ci95_low"] is None and one[0]["distinguishable"] is None
     assert rows[10]["verdict"] == "up" and rows[30]["verdict"] == "undecided"
+    # Two trials with the same difference: an interval of width 0 that excludes 0, yet no verdict (fewer than 3)
+    two = paired_differences({"Ours": {10: {0: .81, 1: .79}}, "Random": {10: {0: .80, 1: .78}}})[0]
+    assert two["distinguishable"] is True and two["ci95_half_width"] == pytest.approx(0.0)
+    assert two["verdict"] == "undecided" and two["trials_needed"] == A.MIN_VERDICT_TRIALS == 3
 
 
 def test_trials_needed_is_the_fewest_with_the_half_width():

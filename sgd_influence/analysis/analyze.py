@@ -214,13 +214,18 @@ def primary_n(n_train: Optional[int]) -> Optional[int]:
     return int(round(PRIMARY_FRACTION * n_train)) if n_train else None
 
 
+# The fewest trials a verdict rests on (a claim that one method beats another rests on three or more).
+MIN_VERDICT_TRIALS = 3
+
+
 def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "test_accuracy",
                        control_orders: Optional[Dict[int, Dict[int, int]]] = None,
                        primary: Optional[int] = None) -> List[dict]:
     """Per method and n > 0: the metric minus the control's of the same trial, its mean, sample standard
     deviation and 95% t-interval over trials (none with one trial), the interval's half-width, the trials
-    a half-width of METRICS[metric] would take at that sd, `distinguishable` when the interval excludes 0,
-    and the verdict: "up" (above the control), "down", or "undecided". `control_orders` ({n: {seed: count}}):
+    a half-width of METRICS[metric] would take at that sd (at least MIN_VERDICT_TRIALS), `distinguishable` when
+    the interval excludes 0, and the verdict: "up" (above the control), "down", or "undecided" (always with fewer
+    than MIN_VERDICT_TRIALS trials). `control_orders` ({n: {seed: count}}):
     the control's removal orders per trial, reported as their mean; `primary`: the primary comparison's n."""
     rows = []
     target = METRICS.get(metric)
@@ -240,10 +245,11 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
             if len(d) > 1:
                 _, sd, lo, hi = t_interval(d)
                 row.update(difference_std=sd, ci95_low=lo, ci95_high=hi, ci95_half_width=(hi - lo) / 2,
-                           distinguishable=bool(lo > 0 or hi < 0),
-                           verdict="up" if lo > 0 else "down" if hi < 0 else "undecided")
+                           distinguishable=bool(lo > 0 or hi < 0))
+                if len(d) >= MIN_VERDICT_TRIALS:  # two equal differences give a zero-width interval, not a verdict
+                    row["verdict"] = "up" if lo > 0 else "down" if hi < 0 else "undecided"
                 if target is not None:
-                    row["trials_needed"] = trials_needed(sd, target)
+                    row["trials_needed"] = max(trials_needed(sd, target), MIN_VERDICT_TRIALS)
             rows.append(row)
     return rows
 
