@@ -209,7 +209,8 @@ def retrace(data: Data, run_dir: str, method: str, batch_size: int, progress: bo
     adj = optimizer.adjoint(record.recipe, u, names, hessian=retrace_u, hu_over_batch=hu_over_batch)
     # Adam's adjoint reads the state before and after each step (Ours: the final state for both)
     after = final_state(run_dir, record, at_step) if adj.reads_state else {}
-    for k, t in enumerate(step_bar(steps[::-1], desc=f"retrace {method}", disable=not progress, unit="step")):
+    desc = f"retrace {method}" + ("_published" if as_published else "")
+    for k, t in enumerate(step_bar(steps[::-1], desc=desc, disable=not progress, unit="step")):
         before = after
         if at_step is not None:
             before = at_step.load(len(steps) - 1 - k)  # theta[t]: read from the store, or replayed
