@@ -1,4 +1,5 @@
 """Analysis from synthetic score, influence and cache-size files with known values."""
+import csv
 import json
 import math
 import os
@@ -360,3 +361,27 @@ def test_random_orders_averaged_loss_paired_and_verdict(idx_dir, tmp_path, capsy
     assert "primary: n = 2 = 5% of the training set" in printed
     assert "Hara - Random, n = 2 (primary): decided up: +0.0325" in printed
     assert "secondary (1 intervals; at 95% about 0.1 of them exclude 0 by chance alone)" in printed
+
+
+def test_published_methods_against_their_corrected_twins(idx_dir, tmp_path):
+    """summary/paired_published_vs_corrected.csv: Hara_published - Hara and Ours_published - Ours of the same
+    trial and n (known accuracies), the twin in the control column; no row for a method without its twin."""
+    out = str(tmp_path / "out")
+    layout.write_json(os.path.join(out, "run.json"), {"settings": settings(idx_dir, remove_n_list=[0, 10])})
+    row = lambda acc: [(0.5, 1.0 - acc, 0.5, acc)]  # noqa: E731 val_loss, test_loss, val_accuracy, test_accuracy
+    acc = {"Hara": [0.80, 0.81, 0.82], "Hara_published": [0.79, 0.81, 0.80], "Ours_published": [0.7, 0.7, 0.7],
+           "Random": [0.75, 0.75, 0.75]}
+    for m, values in acc.items():
+        for s, a in enumerate(values):
+            layout.write_score_csv(layout.score_path(out, m, 10, s), row(a))
+            layout.write_score_csv(layout.score_path(out, m, 0, s), row(0.7))
+    A.main([out])
+    with open(os.path.join(out, "summary", "paired_published_vs_corrected.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f)]
+    accuracy = [r for r in rows if r["metric"] == "test_accuracy"]
+    assert [(r["method"], r["control"], r["n_removed"]) for r in accuracy] == [("Hara_published", "Hara", "10")]
+    d = np.array(acc["Hara_published"]) - np.array(acc["Hara"])
+    assert float(accuracy[0]["difference_mean"]) == pytest.approx(d.mean(), abs=1e-6)
+    assert float(accuracy[0]["difference_std"]) == pytest.approx(d.std(ddof=1), abs=1e-6)
+    loss = [r for r in rows if r["metric"] == "test_loss"]
+    assert float(loss[0]["difference_mean"]) == pytest.approx(-d.mean(), abs=1e-6)

@@ -57,7 +57,7 @@ from .export import export_clean
 from ..base.figures import plot_agreement, plot_batch_sizes, plot_result, trials_text
 from .grids import write_grids
 from ..base.layout import Folder, read_folder
-from ..base.methods import CONTROL, is_control, sort_key
+from ..base.methods import CONTROL, METHODS, is_control, sort_key
 from ..base.metrics import kendall_tau_b, spearman, t975, t_interval
 from ..config.noise import write_noise_detection
 from ..config.settings import RESULT_SETTINGS, differences
@@ -251,6 +251,18 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
                 if target is not None:
                     row["trials_needed"] = max(trials_needed(sd, target), MIN_VERDICT_TRIALS)
             rows.append(row)
+    return rows
+
+
+def published_vs_corrected(scores: Scores, metric: str, primary: Optional[int]) -> List[dict]:
+    """Each published method minus its corrected twin (Hara_published - Hara, ...) of the same trial and n, as
+    paired_differences does it against the control (the twin in the `control` column)."""
+    rows = []
+    for method in sorted(scores, key=sort_key):
+        twin = METHODS[method].twin if method in METHODS else None
+        if twin in scores:
+            rows += paired_differences({method: scores[method], twin: scores[twin]}, control=twin, metric=metric,
+                                       primary=primary)
     return rows
 
 
@@ -471,6 +483,11 @@ def accuracy_outputs(inp: Inputs, out: str) -> Tuple[List[Row], List[str], List[
     if paired:
         write_paired(os.path.join(out, "summary", "paired_vs_random.csv"), paired)
         written.append("summary/paired_vs_random.csv")
+    twins = [row for metric, values in (("test_accuracy", inp.scores), ("test_loss", inp.loss))
+             for row in published_vs_corrected(values[inp.primary], metric, primary)]
+    if twins:
+        write_paired(os.path.join(out, "summary", "paired_published_vs_corrected.csv"), twins)
+        written.append("summary/paired_published_vs_corrected.csv")
     spread = control_order_rows(inp.first_order, inp.scores[inp.primary], inp.orders)
     if spread:
         write_rows(os.path.join(out, "summary", "control_orders.csv"), CONTROL_ORDER_COLUMNS, spread)

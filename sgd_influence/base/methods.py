@@ -48,6 +48,11 @@ class Method:
         return bool(self.retrace) and bool(self.retrace.get("as_published"))
 
     @property
+    def twin(self) -> Optional[str]:
+        """A published method's corrected counterpart (Hara_published: Hara), else None."""
+        return self.retrace["method"] if self.as_published else None
+
+    @property
     def window(self) -> str:
         """The steps its retrace walks back through: "last" (the last epoch), or "all" (every epoch,
         theta[T] back to theta[0]); its counterfactual is then retraining from theta[0] (-ra)."""
