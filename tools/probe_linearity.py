@@ -316,7 +316,8 @@ def main(argv=None) -> int:
                 print(f"  eps {e:g}: " + ", ".join(f"{k} {np.mean([row[k] for row in rows]):.3f}" for k in keys)
                       + f"; mean f/eps / mean g {np.mean([row['mean_f_over_eps'] / row['mean_g'] for row in rows]):.3f}")
         if args.json:
-            layout.write_json(args.json, {"folder": args.out, "window": args.window, "fraction": args.fraction,
+            layout.write_json(args.json, {"folder": os.path.basename(os.path.abspath(args.out)),  # no machine path
+                                          "window": args.window, "fraction": args.fraction,
                                           "subsets": args.subsets, "eps": args.eps, "replays": args.replays,
                                           "trainings": results})
             print(f"wrote {args.json}")
