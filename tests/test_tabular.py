@@ -562,3 +562,22 @@ def test_validate_leaves_the_sample_alone_ablation_out_of_its_defaults_on_vector
     check_args(images)
     fit_default_methods(images, types.SimpleNamespace(image_shape=(1, 8, 8), n_classes=3))
     assert images.methods == list(SINGLE_DEFAULT) and "left out" not in capsys.readouterr().err
+
+
+def test_probe_final_step_trains_as_validate_does(tmp_path, capsys):
+    """tools/probe_final_step.py records validate's run.json in -o and shares its training: it trains with the
+    options it records (--net's default for vectors, the recipe), so validate_influence.py may reuse it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("probe_final_step", os.path.join(ROOT, "tools", "probe_final_step.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    c = tabular_csvs(str(tmp_path / "data"), n=(24, 8, 8))
+    out = str(tmp_path / "v")
+    probe.main(["-o", out, "-ds", "csv", "--train-csv", c["train"], "--val-csv", c["val"], "-e", "2", "-bs", "8",
+                "--momentum", "0.9", "-di", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("8 instances of the final step") and len(lines) == 6
+    recorded = layout.read_settings(out)
+    assert recorded["net"] == "mlp" and recorded["momentum"] == 0.9
+    record = StepRecord.load(layout.step_record_path(layout.train_dir(out, 0)))
+    assert record.recipe.momentum == 0.9
