@@ -250,6 +250,20 @@ def test_merge_refuses_different_settings(idx_dir, tmp_path, capsys):
     assert not os.path.exists(os.path.join(a, "summary")) and not os.path.exists(os.path.join(a, "fig"))
 
 
+def test_merge_counts_options_a_folder_predates_at_their_values_then(idx_dir, tmp_path, capsys):
+    """A folder whose run.json predates --momentum (and --net) trained with plain SGD (and the six-conv
+    network): merging it with a momentum run is refused, naming the option; with an explicit plain-SGD
+    recipe and the cnn it merges."""
+    old = write_folder(str(tmp_path / "old"), idx_dir, seeds=(0,))  # no momentum, optimizer, net keys
+    mom = write_folder(str(tmp_path / "mom"), idx_dir, seeds=(0,), momentum=0.9, optimizer="sgd", net="cnn")
+    assert A.main([old, mom, "--no-images"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot merge {old} and {mom}: their run.json settings differ (momentum 0.0 vs 0.9); "
+                   f"only the batch size may differ"]
+    plain = write_folder(str(tmp_path / "plain"), idx_dir, seeds=(0,), momentum=0.0, optimizer="sgd", net="cnn")
+    assert A.main([old, plain, "--no-images", "--out", str(tmp_path / "merged")]) == 0
+
+
 def test_merge_batch_sizes_gives_fig5(idx_dir, tmp_path):
     a = write_folder(str(tmp_path / "bs16"), idx_dir, seeds=(0, 1))
     b = write_folder(str(tmp_path / "bs8"), idx_dir, seeds=(0, 1), batch_size=8, acc_shift=0.05)

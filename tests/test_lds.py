@@ -237,7 +237,17 @@ def test_fraction_rows_join_lds_files_over_the_same_trainings(tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0 and (tmp_path / "g.png").exists(), ok.stderr
     assert "0.5 (1000 instances" in ok.stdout and "Hara - Random" in ok.stdout
+    # A file from before the recipes and the data options (docs/lds/over_trainings/lds.json) joins one that
+    # records their defaults, not one of another recipe.
+    recorded = {"optimizer": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr_schedule": "constant", "net": "cnn",
+                "label_noise": None, "train_csv": None, "bn_coupling": "off"}
+    for name, extra in (("d.json", recorded), ("e.json", {**recorded, "momentum": 0.9})):
+        (tmp_path / name).write_text(json.dumps({**a, "settings": {**a["settings"], **extra}}))
+    ok = subprocess.run(tool + [str(tmp_path / "d.json"), str(tmp_path / "b.json"), "-o", str(tmp_path / "g.png")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
     for argv, message in (([str(tmp_path / "a.json"), str(tmp_path / "c.json")], "n_train 1000 vs 2000"),
+                          ([str(tmp_path / "e.json"), str(tmp_path / "b.json")], "momentum 0.0 vs 0.9"),
                           ([str(tmp_path / "none.json")], "no file")):
         bad = subprocess.run(tool + argv + ["-o", str(tmp_path / "h.png")], capture_output=True, text=True)
         err = bad.stderr.strip().splitlines()

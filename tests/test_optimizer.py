@@ -379,7 +379,7 @@ def test_driver_under_momentum_weight_decay_and_cosine(idx_dir, tmp_path):
     (["--adam-beta1", "0.8"], "--adam-beta1 only apply with --optimizer adam"),
     (["--momentum", "1.5"], "must be in [0, 1)"),
     (["--weight-decay", "-1"], "must be a non-negative number"),
-    (["--momentum", "0.9", "--methods", "Ours", "Hara_published"], "Hara_published compute the published code's"),
+    (["--momentum", "0.9", "--methods", "Ours", "Hara_published"], "Hara_published: the published code's retrace"),
 ])
 def test_recipe_options_that_do_not_apply_are_one_error_line(tmp_path, capsys, argv, message):
     from sgd_influence.pipeline.experiment import main

@@ -55,3 +55,16 @@ def test_refuses_a_folder_without_random_at_n(finished_tiny_run, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds no Random retraining of trial 0 at n = 7" in err[0]
     assert rounding.main([str(tmp_path)]) == 2
+
+
+def test_the_replays_run_on_the_runs_device(finished_tiny_run, tmp_path, monkeypatch):
+    """In-process (--workers 1) the replays set the nnabla context of the run's -di (or of their own -di),
+    as the driver did for the r = 0 retrainings they are paired with (workers set theirs in runner.py)."""
+    out = str(tmp_path / "o")
+    shutil.copytree(finished_tiny_run, out)
+    calls = []
+    monkeypatch.setattr(rounding, "set_context", lambda device_id: calls.append(device_id) or "cpu")
+    assert rounding.main([out, "-r", "4", "--replays", "1"]) == 0
+    assert calls == [args_from_settings(layout.read_settings(out)).device_id]
+    assert rounding.main([out, "-r", "4", "--replays", "1", "-di", "cpu"]) == 0
+    assert calls[1:] == ["cpu"]

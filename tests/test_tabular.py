@@ -501,3 +501,83 @@ def test_a_batch_of_one_leaves_batch_norm_running_statistics_as_they_were(tmp_pa
     # one sample outputs beta, so the layers below it get none).
     moved = [k for k in before if after[k].need_grad and not np.array_equal(after[k].d, before[k])]
     assert "layer2/fc/affine/W" in moved and "layer1/fc/affine/W" not in moved
+
+
+def test_the_published_per_sample_step_refuses_batch_norm_on_vectors(tmp_path, capsys):
+    """Hara_published, Ours_published (and the ablation Ours_sample_alone) forward each sample alone in
+    training mode; the MLP's batch norm on vectors then normalises a sample by itself, so its output is the
+    same for every input (checked here) and the scores would see only the labels: one error line, before
+    anything is written. The six-conv network's batch norms average over an image's positions: accepted; so
+    is the MLP for the other methods."""
+    nn.clear_parameters()
+    x = nn.Variable((1, 5))
+    logits = dense(x, 3, test=False)
+    with nn.parameter_scope("layer1/bn/bn"):  # a trained-looking beta, so the output is not all zero
+        nn.get_parameters()["beta"].d = np.linspace(-1, 1, 64)
+    outs = []
+    for v in np.random.default_rng(0).normal(size=(2, 1, 5)):
+        x.d = v
+        logits.forward()
+        outs.append(logits.d.copy())
+    assert np.abs(outs[0]).max() > 0 and np.array_equal(outs[0], outs[1])
+    nn.clear_parameters()
+
+    def args(net, methods):
+        return settings.args_from_settings({"net": net, "methods": methods})
+    for methods in (["Hara", "Hara_published"], ["Ours_published"], ["Ours_sample_alone"]):
+        with pytest.raises(UserError, match=r"take each sample's gradient alone .* --net mlp has a batch norm on "
+                                            r"inputs of shape \(64,\)") as e:
+            network.checked(args("mlp", methods), (5,), 3)
+        assert ", ".join(m for m in methods if m != "Hara") in str(e.value)
+    assert network.checked(args("mlp", ["Hara", "Ours", "Random"]), (5,), 3).lone_batch_norms((5,), 3) == [(1, 64)]
+    assert network.checked(args("cnn", ["Hara_published", "Ours_published"]), (1, 8, 8), 3).lone_batch_norms(
+        (1, 8, 8), 3) == []
+    # The driver on a tabular CSV: one line, exit 2, no run.json.
+    from sgd_influence.pipeline.experiment import main
+    c = tabular_csvs(str(tmp_path / "data"), n=(24, 8, 8))
+    code = main(["-o", str(tmp_path / "out"), "-ds", "csv", "--train-csv", c["train"], "--val-csv", c["val"],
+                 "--test-csv", c["test"], "-bs", "8", "-di", "cpu", "--methods", "Ours", "Ours_published"], "test", "unused", ())
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and not os.path.exists(tmp_path / "out" / "run.json"), err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "error: Ours_published take each sample's gradient alone" in errors[0], err
+
+
+def test_validate_leaves_the_sample_alone_ablation_out_of_its_defaults_on_vectors(tmp_path, capsys):
+    """validate_influence.py's default single-instance estimators include Ours_sample_alone; on vectors (the
+    MLP's batch norm) it is left out with a note, not an error; on images it stays."""
+    from sgd_influence.checks.validate import SINGLE_DEFAULT, build_parser, check_args, fit_default_methods
+    c = tabular_csvs(str(tmp_path / "data"), n=(24, 8, 8))
+    args = build_parser().parse_args(["-ds", "csv", "--train-csv", c["train"], "--val-csv", c["val"]])
+    check_args(args)
+    data = settings.data_for(args, 0)
+    settings.fit_to_data(args, data)
+    fit_default_methods(args, data)
+    assert "Ours_sample_alone" in SINGLE_DEFAULT
+    assert args.methods == [m for m in SINGLE_DEFAULT if m != "Ours_sample_alone"]
+    assert "Ours_sample_alone left out" in capsys.readouterr().err
+    network.checked(args, data.image_shape, data.n_classes)  # no error left
+    import types
+    images = build_parser().parse_args(["--net", "cnn"])
+    check_args(images)
+    fit_default_methods(images, types.SimpleNamespace(image_shape=(1, 8, 8), n_classes=3))
+    assert images.methods == list(SINGLE_DEFAULT) and "left out" not in capsys.readouterr().err
+
+
+def test_probe_final_step_trains_as_validate_does(tmp_path, capsys):
+    """tools/probe_final_step.py records validate's run.json in -o and shares its training: it trains with the
+    options it records (--net's default for vectors, the recipe), so validate_influence.py may reuse it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("probe_final_step", os.path.join(ROOT, "tools", "probe_final_step.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    c = tabular_csvs(str(tmp_path / "data"), n=(24, 8, 8))
+    out = str(tmp_path / "v")
+    probe.main(["-o", out, "-ds", "csv", "--train-csv", c["train"], "--val-csv", c["val"], "-e", "2", "-bs", "8",
+                "--momentum", "0.9", "-di", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("8 instances of the final step") and len(lines) == 6
+    recorded = layout.read_settings(out)
+    assert recorded["net"] == "mlp" and recorded["momentum"] == 0.9
+    record = StepRecord.load(layout.step_record_path(layout.train_dir(out, 0)))
+    assert record.recipe.momentum == 0.9

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sgd_influence.base import layout  # noqa: E402
 from sgd_influence.base.errors import UserError, run_command  # noqa: E402
 from sgd_influence.checks import lds  # noqa: E402
+from sgd_influence.config.settings import PREDATING_VALUES, differences  # noqa: E402
 from sgd_influence.checks.validate import LDS_SETTINGS, fmt_interval, print_lds  # noqa: E402
 
 # What must agree between the files joined (the trainings' settings and the scores'); seed names the first
@@ -28,7 +29,8 @@ SAME = tuple(k for k in LDS_SETTINGS if k != "seed") + ("retrace", "bn_coupling"
 
 
 def load_summaries(paths):
-    """(path, summary) of each lds.json; files whose settings differ from the first's are a UserError."""
+    """(path, summary) of each lds.json; files whose settings differ from the first's are a UserError (a
+    setting one file predates, e.g. the recipe of an lds.json from before --momentum, counts at its value then)."""
     out = []
     for path in paths:
         if not os.path.isfile(path):
@@ -37,10 +39,9 @@ def load_summaries(paths):
         if not isinstance(summary, dict) or "trainings" not in summary or "settings" not in summary:
             raise UserError(f"{path} is not an lds.json of validate_influence.py --lds")
         out.append((path, summary))
-    first = out[0][1]["settings"]
+    first = {**PREDATING_VALUES, **out[0][1]["settings"]}  # options a run predates: at their values then
     for path, summary in out[1:]:
-        diff = [f"{k} {summary['settings'].get(k)!r} vs {first.get(k)!r}" for k in SAME
-                if summary["settings"].get(k) != first.get(k)]
+        diff = differences({**PREDATING_VALUES, **summary["settings"]}, first, SAME, sep="vs")
         if diff:
             raise UserError(f"{path} is of another setting than {out[0][0]} ({'; '.join(diff)}); "
                             f"join LDS folders of one setting only")

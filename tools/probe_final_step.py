@@ -22,18 +22,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import cnn  # noqa: E402
-from sgd_influence.base import layout  # noqa: E402
 from sgd_influence.config.settings import data_for, fit_to_data, set_context  # noqa: E402
+from sgd_influence.core import network  # noqa: E402
 from sgd_influence.core.graphs import (BranchRecorder, BranchReplayer, FDRetraceGraph, LossGraph,  # noqa: E402
                                   RetraceGraph, trainable_params, zero_grads)
 from sgd_influence.base.metrics import spearman  # noqa: E402
-from sgd_influence.base.layout import step_params_path, step_record_path  # noqa: E402
-from sgd_influence.core.train import train  # noqa: E402
-from sgd_influence.checks.validate import Counterfactuals, build_parser, check_args, prepare_output  # noqa: E402
+from sgd_influence.checks.validate import (Counterfactuals, build_parser, check_args, ensure_training,  # noqa: E402
+                                          prepare_output)
 
 
-def pinned_removals(data, params, x, y, u_flat, lr, net=cnn):
+def pinned_removals(data, params, x, y, u_flat, lr, net):
     """-eta <u, G(w_j = 0) - G(w)> for every j on the network pinned at w = 1/|S| (coupling on)."""
     b = len(y)
     recorder, replayer = BranchRecorder(), BranchReplayer()
@@ -66,12 +64,11 @@ def main(argv) -> None:
     set_context(args.device_id)
     data = data_for(args, args.seed)
     fit_to_data(args, data)
+    args.methods = ["Hara"]  # what is probed: the retrace's per-sample step (validate's default list is not run)
+    net = network.checked(args, data.image_shape, data.n_classes)
     prepare_output(args)
-    run_dir = layout.train_dir(args.output_dir, args.seed)
-    if not (os.path.exists(step_record_path(run_dir)) and os.path.exists(step_params_path(run_dir, args.n_epochs - 1))):
-        train(data, run_dir, args.seed, args.n_epochs, args.batch_size, args.lr, keep_step_params=True,
-              progress=True, augment=not args.no_augment)
-    cf = Counterfactuals(data, run_dir, args.batch_size)
+    run_dir = ensure_training(args, data, net, True, {})  # validate's training: its network, recipe, augmentation
+    cf = Counterfactuals(data, run_dir, args.batch_size, net)
     params = list(trainable_params().values())
     t = cf.steps[-1]
     idx, seeds = cf.record.batch(t)
@@ -83,9 +80,9 @@ def main(argv) -> None:
     est = {}
     for mode, graph in (("exact", RetraceGraph), ("fd", FDRetraceGraph)):
         for coupling in (False, True):
-            _, ug = graph(b, data.image_shape, data.n_classes, params, bn_coupling=coupling).run(x, y, u)
+            _, ug = graph(b, data.image_shape, data.n_classes, params, net, bn_coupling=coupling).run(x, y, u)
             est[f"{mode}, coupling {'on' if coupling else 'off'}"] = lr / b * np.asarray(ug, np.float64)
-    est["pinned removal (coupling on)"] = pinned_removals(data, params, x, y, cf.u, lr)
+    est["pinned removal (coupling on)"] = pinned_removals(data, params, x, y, cf.u, lr, net)
     truth = np.array([cf.truth(int(j))[0] for j in idx])
     print(f"{b} instances of the final step (lr {lr}); median |truth| {np.median(np.abs(truth)):.3e}")
     for name, e in est.items():

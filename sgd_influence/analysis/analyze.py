@@ -34,8 +34,9 @@ first OUT):
                              images (vectors): their rows of the user's CSV, with influence and rank
 
 Random with several removal orders per trial (--random-orders): its value in a trial is the mean
-over its orders. Folders are merged only if every result-changing setting their run.json
-files share is equal, except the batch size (Fig. 5 compares batch sizes).
+over its orders. Folders are merged only if every result-changing setting of their run.json
+files is equal (one a run predates at its value then), except the batch size (Fig. 5 compares
+batch sizes).
 Everything but summary.csv and batch_size.png describes the first folder's
 batch size. A (method, n, trial) result present in several folders is taken
 from the first (a warning names any that differ).
@@ -60,7 +61,7 @@ from ..base.layout import Folder, read_folder
 from ..base.methods import CONTROL, METHODS, is_control, sort_key
 from ..base.metrics import kendall_tau_b, spearman, t975, t_interval
 from ..config.noise import write_noise_detection
-from ..config.settings import RESULT_SETTINGS, differences
+from ..config.settings import RESULT_SETTINGS, args_from_settings, differences
 from .table1 import table1_rows, write_table1
 
 
@@ -86,7 +87,8 @@ Influence = Dict[str, Dict[int, str]]  # method -> seed -> influence CSV path
 
 # ----------------------------------------------------------------------- reading
 def check_mergeable(folders: Sequence[Folder]) -> None:
-    """Refuse folders whose result-changing settings differ (the batch size may)."""
+    """Refuse folders whose result-changing settings differ (the batch size may); an option a folder's
+    run.json predates counts at the value it had then (settings.args_from_settings), as when a run resumes."""
     if len(folders) < 2:
         return
     first = folders[0]
@@ -94,9 +96,10 @@ def check_mergeable(folders: Sequence[Folder]) -> None:
         if not f.settings:
             raise UserError(f"cannot merge {f.path}: it has no run.json, so its settings are unknown; "
                             f"analyze it on its own")
+    keys = [k for k in RESULT_SETTINGS if k != "batch_size"]
+    base = vars(args_from_settings(first.settings))  # settings a run predates count at their values then
     for f in folders[1:]:
-        keys = [k for k in RESULT_SETTINGS if k != "batch_size" and k in first.settings and k in f.settings]
-        diff = differences(first.settings, f.settings, keys, sep="vs")
+        diff = differences(base, vars(args_from_settings(f.settings)), keys, sep="vs")
         if diff:
             raise UserError(f"cannot merge {first.path} and {f.path}: their run.json settings differ "
                             f"({'; '.join(diff)}); only the batch size may differ")

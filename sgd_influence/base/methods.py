@@ -53,6 +53,12 @@ class Method:
         return self.retrace["method"] if self.as_published else None
 
     @property
+    def samples_alone(self) -> bool:
+        """Takes each sample's gradient from a forward of that sample alone (batch size 1, batch norm in
+        training mode): the published code's per-sample step (the published methods, Ours_sample_alone)."""
+        return self.as_published or bool((self.retrace or {}).get("sample_grads_alone"))
+
+    @property
     def window(self) -> str:
         """The steps its retrace walks back through: "last" (the last epoch), or "all" (every epoch,
         theta[T] back to theta[0]); its counterfactual is then retraining from theta[0] (-ra)."""

@@ -33,7 +33,8 @@ from ..analysis.analyze import collect, paired_differences, primary_n, write_row
 from ..base import layout
 from ..base.errors import UserError, run_command
 from ..base.methods import CONTROL, is_control, sort_key
-from ..config.settings import HelpFormatter, args_from_settings, data_for, nonneg_int, positive_int
+from ..config.settings import (HelpFormatter, args_from_settings, data_for, device, nonneg_int, positive_int,
+                               set_context)
 from ..core import network
 from ..core.eval import retrain
 from ..pipeline.runner import run_units
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> List[dict]:
         raise UserError(f"{out} was retrained with -ra; the rounding replays redo the last epoch only")
     run_args.output_dir, run_args.workers, run_args.scheduler = out, args.workers, None
     run_args.device_id = args.device_id or run_args.device_id
+    set_context(run_args.device_id)  # the in-process units' (workers set theirs): the run's device, as r = 0 used
     files = [f for f in layout.score_files(out) if f[2] == args.seed]
     n_train = len(data_for(run_args, args.seed).train)
     sizes = args.remove_n_list or [primary_n(n_train)]
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--remove_n_list", type=positive_int, nargs="+", default=None,
                    help="removal sizes (default: the primary comparison's, 5%% of the training set)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
-    p.add_argument("-di", "--device-id", default=None, help="GPU id or cpu (default: the run's)")
+    p.add_argument("-di", "--device-id", type=device, default=None, help="GPU id or cpu (default: the run's)")
     return p
 
 

@@ -620,6 +620,17 @@ def check_args(args) -> None:
         raise UserError("--lds-subsets must be at least 5 for a rank correlation over the subsets to mean anything")
 
 
+def fit_default_methods(args, data: Data) -> None:
+    """The default estimators less those that forward each sample alone (Ours_sample_alone) where the
+    network has a batch norm that sees one sample as itself (network.Network.lone_batch_norms: the MLP on
+    vectors), with a note; asked for by --methods they are one error line (network.checked)."""
+    alone = [m for m in args.methods if METHODS[m].samples_alone]
+    if alone and network.from_args(args).lone_batch_norms(data.image_shape, data.n_classes):
+        print(f"note: --net {args.net} has batch norm on vectors, which a sample forwarded alone (batch size 1) "
+              f"leaves blind to its input: {', '.join(alone)} left out", file=sys.stderr)
+        args.methods = [m for m in args.methods if m not in alone]
+
+
 def build_parser() -> argparse.ArgumentParser:
     driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
     p = argparse.ArgumentParser(description="Score each estimator against actual retraining of the last epoch: "
@@ -696,12 +707,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    defaults = args.methods is None
 
     def body() -> None:
         check_args(args)
         set_context(args.device_id)
         data = data_for(args, args.seed)
         fit_to_data(args, data)
+        if defaults:
+            fit_default_methods(args, data)
         if args.batch_size > len(data.train):
             raise UserError(f"batch size {args.batch_size} is larger than the training set ({len(data.train)}); lower -bs")
         net = network.checked(args, data.image_shape, data.n_classes)

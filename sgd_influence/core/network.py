@@ -154,6 +154,26 @@ class Network:
             finally:
                 nn.random.prng = rng
 
+    def lone_batch_norms(self, image_shape: tuple, n_classes: int) -> List[tuple]:
+        """The input shapes of the batch norms that, on a sample forwarded alone in training mode (batch size 1),
+        take their statistics over one value per channel (vectors: no positions to average over): x - mean is 0
+        there, so they output their beta whatever the sample and nothing after them sees it. A batch norm over
+        the positions of an image (the six-conv network's) is not one of them."""
+        found: List[tuple] = []
+
+        def visit(f) -> None:
+            if f.info.type_name == "BatchNormalization" and f.info.args.get("batch_stat", True):
+                shape, axes = tuple(f.inputs[0].shape), f.info.args.get("axes", [1])
+                if int(np.prod([d for i, d in enumerate(shape) if i not in axes])) == 1:
+                    found.append(shape)
+        with nn.parameter_scope("", OrderedDict()):
+            rng, nn.random.prng = nn.random.prng, np.random.RandomState(0)
+            try:
+                self._build(nn.Variable((1,) + tuple(image_shape)), n_classes, False, Ops()).visit(visit)
+            finally:
+                nn.random.prng = rng
+        return found
+
     def _build(self, x: nn.Variable, n_classes: int, test: bool, ops: Ops) -> nn.Variable:
         """The network on x; an error while building it (inputs of a shape it cannot take) is one line."""
         try:
@@ -439,9 +459,18 @@ def from_args(args) -> Network:
 
 def checked(args, image_shape: tuple, n_classes: int) -> Network:
     """The network of a command's arguments, built once the way its methods will use it
-    (`Network.check`: pinned for an fd retrace, weighted batch norm for the coupling)."""
+    (`Network.check`: pinned for an fd retrace, weighted batch norm for the coupling); methods that
+    forward each sample alone (methods.Method.samples_alone) refuse a network with `lone_batch_norms`."""
     net = from_args(args)
     retraces = any(METHODS[m].retrace for m in args.methods)
     net.check(image_shape, n_classes, fd=retraces and args.retrace == "fd",
               coupling=retraces and args.bn_coupling == "on")
+    alone = [m for m in args.methods if METHODS[m].samples_alone]
+    lone = net.lone_batch_norms(image_shape, n_classes) if alone else []
+    if lone:
+        raise UserError(f"{', '.join(alone)} take each sample's gradient alone (batch size 1, batch norm in training "
+                        f"mode, as the published code), but --net {args.net} has a batch norm on inputs of shape "
+                        f"{lone[0][1:]}, whose statistics over one sample are that sample: its output is then the "
+                        f"same for every input and the scores would see only the labels; drop "
+                        f"{'it' if len(alone) == 1 else 'them'}, or use a network without batch norm on vectors")
     return net

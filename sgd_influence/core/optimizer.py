@@ -65,6 +65,7 @@ import nnabla.functions as F
 import nnabla.solvers as S
 
 from ..base.errors import UserError, warn
+from ..base.methods import METHODS
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -217,11 +218,11 @@ def checked(args) -> Recipe:
         if given:
             raise UserError(f"{', '.join(given)} only apply with --optimizer adam; add --optimizer adam or drop them")
     recipe = from_args(args)
-    published = [m for m in list(getattr(args, "methods", None) or []) + list(getattr(args, "estimators", None) or [])
-                 if m.endswith("_published")]
+    asked = list(getattr(args, "methods", None) or []) + list(getattr(args, "estimators", None) or [])
+    published = sorted({m for m in asked if m in METHODS and METHODS[m].as_published})
     if published and not recipe.plain:
-        raise UserError(f"{', '.join(sorted(set(published)))} compute the published code's retrace, which trains "
-                        "with plain SGD; drop them or --momentum/--weight-decay/--optimizer adam")
+        raise UserError(f"{' and '.join(published)}: the published code's retrace, which trains with plain SGD; "
+                        "drop them or --momentum/--weight-decay/--optimizer adam")
     return recipe
 
 
