@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import load_dataset  # noqa: E402
 from sgd_influence.base import layout  # noqa: E402
-from sgd_influence.config.settings import set_context  # noqa: E402
+from sgd_influence.config.settings import args_from_settings, data_for, set_context  # noqa: E402
+from sgd_influence.core import network  # noqa: E402
 from sgd_influence.core.graphs import trainable_params  # noqa: E402
 from sgd_influence.checks.validate import Counterfactuals, flat_trainable  # noqa: E402
 
@@ -35,12 +35,13 @@ def main() -> None:
     with open(os.path.join(a.out, "validation", "cache", "settings.json")) as f:
         s = json.load(f)
     set_context("0")
-    data = load_dataset(s["dataset"], a.seed, None, s["n_train"], s["n_val"], 1)
-    cf = Counterfactuals(data, layout.train_dir(a.out, a.seed), s["batch_size"])
+    run = args_from_settings({**s, "n_test": 0})  # the cache's data, net and recipe (older: their values then)
+    data = data_for(run, a.seed)
+    cf = Counterfactuals(data, layout.train_dir(a.out, a.seed), s["batch_size"], network.from_args(run))
     keep = np.ones(len(data.train), bool)
 
     # 1) half-ulp noise at the start of the last epoch.
-    cf.stored.load(0)
+    cf.load_step(0)
     rng = np.random.default_rng(0)
     before = flat_trainable()
     for v in trainable_params().values():
@@ -54,11 +55,11 @@ def main() -> None:
 
     # 2) removing the first instance of the first batch: the change after its step, then at T.
     j = int(cf.record.batch(cf.steps[0])[0][0])
-    cf.stored.load(0)
+    cf.load_step(0)
     keep[j] = False
     cf.sgd.replay(cf.record, cf.steps[0], keep)
     after = flat_trainable()
-    cf.stored.load(1)
+    cf.load_step(1)  # (its theta; the state is not read here)
     d1 = np.linalg.norm(after - flat_trainable())
     cf.replay_without(j)
     delta = flat_trainable() - cf.theta

@@ -183,6 +183,17 @@ class Counterfactuals:
     def val_loss_now(self) -> float:
         return evaluate(self.test_graphs, self.data.normalize, self.data.val)[0]
 
+    def load_step(self, r: int) -> None:
+        """The model and optimizer as before step r of the last epoch: stored theta[t_r] and, for a recipe
+        with state, the state stored beside it (or, where Hara's rows keep none, the epoch's start state:
+        then only r = 0 is exact)."""
+        state = self.stored.load(r)
+        if self.record.recipe.stateful:
+            if state:
+                self.sgd.set_state(state, int(self.steps[r]))
+            else:
+                load_state_at(self.sgd, self.run_dir, self.record, self.record.n_epochs - 1)
+
     def replay_without(self, j: int | None) -> None:
         """Leave theta_{-j}[T] in the model: stored theta[t_j], then steps t_j..T-1 without j
         (j None: the whole epoch with nothing removed). Where the optimizer has state that Hara's rows
@@ -190,12 +201,7 @@ class Counterfactuals:
         r = 0 if j is None else int(self.row[j])
         if self.record.recipe.stateful and not self.stored.has_state:
             r = 0
-        state = self.stored.load(r)
-        if self.record.recipe.stateful:
-            if state:
-                self.sgd.set_state(state, int(self.steps[r]))
-            else:
-                load_state_at(self.sgd, self.run_dir, self.record, self.record.n_epochs - 1)
+        self.load_step(r)
         keep = np.ones(len(self.data.train), bool)
         if j is not None:
             keep[j] = False
