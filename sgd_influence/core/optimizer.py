@@ -141,6 +141,7 @@ PLAIN = Recipe()
 
 # ------------------------------------------------------------------- options
 def _momentum(text: str) -> float:
+    """A decay in [0, 1): momentum, Adam's beta1 and beta2."""
     v = float(text)
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
@@ -151,13 +152,6 @@ def _nonneg(text: str) -> float:
     v = float(text)
     if not v >= 0 or not np.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
-
-
-def _beta(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return v
 
 
@@ -183,9 +177,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                    help=f"each step's rate: constant; step (x{STEP_DECAY:g} after half and after three quarters of the "
                         f"epochs); cosine (lr (1 + cos(pi t / steps)) / 2 over all steps); recorded per step")
-    g.add_argument("--adam-beta1", type=_beta, default=None, metavar="B1",
+    g.add_argument("--adam-beta1", type=_momentum, default=None, metavar="B1",
                    help=f"--optimizer adam: first-moment decay (default {ADAM_DEFAULTS['adam_beta1']:g})")
-    g.add_argument("--adam-beta2", type=_beta, default=None, metavar="B2",
+    g.add_argument("--adam-beta2", type=_momentum, default=None, metavar="B2",
                    help=f"--optimizer adam: second-moment decay (default {ADAM_DEFAULTS['adam_beta2']:g})")
     g.add_argument("--adam-eps", type=_positive, default=None, metavar="EPS",
                    help=f"--optimizer adam: epsilon (default {ADAM_DEFAULTS['adam_eps']:g})")
