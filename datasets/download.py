@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
 from sgd_influence.base.errors import UserError
+from sgd_influence.base.layout import file_digest
 
 NO_DOWNLOAD_ENV = "SGD_INFLUENCE_NO_DOWNLOAD"
 CHUNK = 1 << 20
@@ -82,14 +83,6 @@ ARCHIVES: Dict[str, Tuple[Archive, ...]] = {
 }
 
 
-def md5_file(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _md5_gzip_content(path: str) -> str | None:
     """md5 of the decompressed content, or None if the file is not a complete gzip stream."""
     h = hashlib.md5()
@@ -114,7 +107,7 @@ def _bad_file(path: str, archive: Archive, digest: str) -> UserError:
 
 def verify(path: str, archive: Archive) -> None:
     """Raise UserError unless `path` holds the official `archive` (see the module docstring)."""
-    digest = md5_file(path)
+    digest = file_digest(path, "md5")
     if digest == archive.md5:
         return
     if archive.content_md5 and path.endswith(".gz") and _md5_gzip_content(path) == archive.content_md5:

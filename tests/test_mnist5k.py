@@ -8,6 +8,7 @@ import pytest
 from datasets import default_data_dir, load_dataset
 from datasets import mnist5k as m5
 from sgd_influence.base.errors import UserError
+from sgd_influence.base.layout import file_digest
 
 
 def write_subset(path, per_class=30, classes=10, seed=0):
@@ -34,9 +35,9 @@ def test_split_rows_fixed_disjoint_balanced_interleaved():
 def test_dataset_from_a_synthetic_subset(tmp_path, monkeypatch):
     path = str(tmp_path / m5.MNIST5K_FILE)
     rows = write_subset(path, per_class=350)  # 3,500 rows: pool 150 per class, test 200 per class
-    with pytest.raises(UserError, match=f"has sha256 {m5.sha256_file(path)}, not {m5.MNIST5K_SHA256}"):
+    with pytest.raises(UserError, match=f"has sha256 {file_digest(path)}, not {m5.MNIST5K_SHA256}"):
         load_dataset("mnist5k", 0, str(tmp_path))  # the checksum is always checked
-    monkeypatch.setattr(m5, "MNIST5K_SHA256", m5.sha256_file(path))  # this synthetic file stands in for the real one
+    monkeypatch.setattr(m5, "MNIST5K_SHA256", file_digest(path))  # this synthetic file stands in for the real one
     d0 = load_dataset("mnist5k", 0, str(tmp_path), n_val=100)  # 1,000 drawn for validation, the first 100 kept
     d1 = load_dataset("mnist5k", 1, str(tmp_path), n_val=100)
     assert (len(d0.train), len(d0.val), len(d0.test)) == (500, 100, 2000)

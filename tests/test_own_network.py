@@ -180,7 +180,7 @@ def test_python_function_network_end_to_end(csv_run):
         (out / "influence" / "Hara" / "influence_hara_0.csv").read_bytes()
     settings = json.loads((out / "run.json").read_text())["settings"]
     assert settings["net"] == "mynets:net" and settings["net_init"] == "seed"
-    assert settings["net_sha256"] == network.file_sha256(str(root / "mynets.py"))
+    assert settings["net_sha256"] == layout.file_digest(str(root / "mynets.py"))
 
     # The network is a result setting: another one (or an edited module) into the same folder is refused.
     r = driver([a if a != "mynets:net" else "cnn" for a in args], root)

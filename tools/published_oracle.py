@@ -52,7 +52,8 @@ from datasets.pipeline import PAD, augment  # noqa: E402
 from models import cnn  # noqa: E402
 from sgd_influence.base import layout  # noqa: E402
 from sgd_influence.base.errors import UserError, run_command  # noqa: E402
-from sgd_influence.config.settings import positive_int, set_context  # noqa: E402
+from sgd_influence.base.argtypes import positive_int  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
 from sgd_influence.core.infl import retrace  # noqa: E402
 from sgd_influence.core.params import StepParamsReader, load_checkpoint  # noqa: E402
 from sgd_influence.core.step_record import StepRecord  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import hashlib
 import json
 import os
 import re
@@ -58,6 +59,16 @@ def write_json(path: str, obj) -> None:
 # What reading a damaged file raises: bad text or numbers, missing columns or keys, a broken
 # zip/HDF5 container, a short read, or nnabla's loader's own error.
 READ_ERRORS = (ValueError, TypeError, IndexError, KeyError, EOFError, OSError, RuntimeError, zipfile.BadZipFile)
+
+
+def file_digest(path: str, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (read in 1 MiB blocks): the checksums of datasets and the
+    hash of a user's network file."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def corrupt(path: str, why: object) -> UserError:

@@ -57,7 +57,8 @@ from datasets.mnist5k import MNIST5K_FILE, check_mnist5k, load_mnist5k, mnist5k_
 from models.small import init_values, net
 from ..base import layout
 from ..base.errors import UserError, run_command
-from ..config.settings import HelpFormatter, check_settings, device, positive_float, positive_int, set_context
+from ..base.argtypes import positive_float, positive_int
+from ..config.settings import HelpFormatter, check_settings, device, set_context
 from ..base.metrics import kendall_tau_b
 
 # Published settings (experiment/Sec71/train.py, MNIST): "mlp" is the paper's "DNN".

@@ -31,10 +31,10 @@ import numpy as np
 
 from ..analysis.analyze import collect, paired_differences, primary_n, write_rows
 from ..base import layout
+from ..base.argtypes import nonneg_int, positive_int
 from ..base.errors import UserError, run_command
 from ..base.methods import CONTROL, is_control, sort_key
-from ..config.settings import (HelpFormatter, args_from_settings, data_for, device, nonneg_int, positive_int,
-                               set_context)
+from ..config.settings import HelpFormatter, args_from_settings, data_for, device, set_context
 from ..core import network
 from ..core.eval import retrain
 from ..pipeline.runner import run_units

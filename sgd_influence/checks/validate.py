@@ -41,6 +41,7 @@ from datasets import Data
 from influence_functions.infl import influence_functions
 from models import cnn
 from ..base import figures, layout
+from ..base.argtypes import nonneg_int, open_fraction, positive_float, positive_int
 from . import lds
 from ..core import network, optimizer
 from ..core.controls import negated_training_loss, random_key
@@ -55,8 +56,7 @@ from ..core.params import StepParamsReader
 from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
                                add_data_arguments, add_published_bundle_size, add_replay_memory,
                                build_parser as driver_parser, check_settings, code_version, data_for, device,
-                               differences, fit_to_data, nonneg_int, positive_float, positive_int, replay_budget,
-                               set_context)
+                               differences, fit_to_data, replay_budget, set_context)
 from ..core.step_record import StepRecord
 from ..core.train import load_state_at, replay_steps, train, trainer_at
 
@@ -585,13 +585,6 @@ LDS_FRACTIONS = (0.5,)
 SUBSET = {"n_train": 1000, "n_val": 500}
 LDS_SUBSETS = 50
 LDS_REPLAYS = 2
-
-
-def open_fraction(text: str) -> float:
-    v = float(text)
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
-    return v
 
 
 def check_args(args) -> None:

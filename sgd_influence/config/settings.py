@@ -23,6 +23,7 @@ from nnabla.ext_utils import get_extension_context
 
 from datasets import DATASETS, load_dataset
 from ..base import layout
+from ..base.argtypes import fraction, nonneg_int, positive_float, positive_int
 from ..base.environment import ROOT
 from ..core import network, optimizer
 from ..core.published import BUNDLE_SIZE
@@ -39,34 +40,6 @@ REPLAY_MEMORY_FRACTION = 0.25
 
 
 # ----------------------------------------------------------------------------- options
-def positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return v
-
-
-def nonneg_int(text: str) -> int:
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0 or not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
-def fraction(text: str) -> float:
-    v = float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
-    return v
-
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the ones that mean 'not set'."""
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import importlib
 import inspect
 import os
@@ -50,6 +49,7 @@ from nnabla.parameter import get_parameter_or_create
 from models import Ops, cnn, dense
 from .batch_norm import WeightedBatchNormOps
 from ..base.errors import UserError
+from ..base.layout import file_digest
 from .graphs import BranchRecorder
 from ..base.methods import METHODS
 
@@ -107,14 +107,6 @@ def _split_nnp(text: str) -> Tuple[str, str, str]:
     if sep and head.lower().endswith(".nnp"):
         return head, sep, name
     return "", "", ""
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- networks
@@ -414,7 +406,7 @@ def _load_function(spec: str) -> PythonFunction:
         source = inspect.getsourcefile(module)
     except TypeError:
         source = None
-    return PythonFunction(spec, fn, file_sha256(source) if source and os.path.isfile(source) else None)
+    return PythonFunction(spec, fn, file_digest(source) if source and os.path.isfile(source) else None)
 
 
 def _load_nnp(spec: str, path: str, name: str, init: str) -> NnpFile:
@@ -442,7 +434,7 @@ def _load_nnp(spec: str, path: str, name: str, init: str) -> NnpFile:
                         f"expected one input (the images) and one output (the class scores), without the loss")
     with nn.parameter_scope("", values):
         flat = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
-    return NnpFile(spec, network, flat, file_sha256(path), init)
+    return NnpFile(spec, network, flat, file_digest(path), init)
 
 
 def from_args(args) -> Network:

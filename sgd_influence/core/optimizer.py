@@ -64,6 +64,7 @@ import nnabla as nn
 import nnabla.functions as F
 import nnabla.solvers as S
 
+from ..base.argtypes import fraction, nonneg_float, positive_float
 from ..base.errors import UserError, warn
 from ..base.methods import METHODS
 
@@ -140,28 +141,6 @@ PLAIN = Recipe()
 
 
 # ------------------------------------------------------------------- options
-def _momentum(text: str) -> float:
-    """A decay in [0, 1): momentum, Adam's beta1 and beta2."""
-    v = float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return v
-
-
-def _nonneg(text: str) -> float:
-    v = float(text)
-    if not v >= 0 or not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    v = float(text)
-    if not v > 0 or not np.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """--optimizer, --momentum, --weight-decay, --lr-schedule and Adam's --adam-beta1/-beta2/-eps
     (the drivers, validate_influence.py, the benchmark)."""
@@ -169,19 +148,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                              "docs/method.md#momentum-weight-decay-schedules-adam)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd (nnabla Sgd, or Momentum with --momentum) or adam (nnabla Adam; --lr is its alpha)")
-    g.add_argument("--momentum", type=_momentum, default=0.0, metavar="MU",
+    g.add_argument("--momentum", type=fraction, default=0.0, metavar="MU",
                    help="--optimizer sgd: heavy-ball momentum as nnabla's Momentum (v = MU v + lr g, theta -= v); "
                         "default 0: plain SGD")
-    g.add_argument("--weight-decay", type=_nonneg, default=0.0, metavar="LAMBDA",
+    g.add_argument("--weight-decay", type=nonneg_float, default=0.0, metavar="LAMBDA",
                    help="LAMBDA theta added to every step's gradient (nnabla's solver.weight_decay); default 0")
     g.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                    help=f"each step's rate: constant; step (x{STEP_DECAY:g} after half and after three quarters of the "
                         f"epochs); cosine (lr (1 + cos(pi t / steps)) / 2 over all steps); recorded per step")
-    g.add_argument("--adam-beta1", type=_momentum, default=None, metavar="B1",
+    g.add_argument("--adam-beta1", type=fraction, default=None, metavar="B1",
                    help=f"--optimizer adam: first-moment decay (default {ADAM_DEFAULTS['adam_beta1']:g})")
-    g.add_argument("--adam-beta2", type=_momentum, default=None, metavar="B2",
+    g.add_argument("--adam-beta2", type=fraction, default=None, metavar="B2",
                    help=f"--optimizer adam: second-moment decay (default {ADAM_DEFAULTS['adam_beta2']:g})")
-    g.add_argument("--adam-eps", type=_positive, default=None, metavar="EPS",
+    g.add_argument("--adam-eps", type=positive_float, default=None, metavar="EPS",
                    help=f"--optimizer adam: epsilon (default {ADAM_DEFAULTS['adam_eps']:g})")
 
 
