@@ -26,6 +26,13 @@ def save(fig, path: str, dpi: int = 110) -> None:
     pyplot().close(fig)
 
 
+def zero_lines(ax, vertical: bool = False) -> None:
+    """The light grey line at y = 0 (and at x = 0 when `vertical`) behind a scatter or a curve."""
+    ax.axhline(0, c="0.7", lw=0.5)
+    if vertical:
+        ax.axvline(0, c="0.7", lw=0.5)
+
+
 def color(method: str):
     import matplotlib
     rank, _ = sort_key(method)

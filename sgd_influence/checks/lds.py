@@ -462,8 +462,7 @@ def plot_lds(path: str, method: str, blocks: Dict[str, List[dict]], truths: Dict
         ceil = ", ".join(f"{blocks[n][i]['noise_ceiling']:.2f}" for n in names)
         ax.set(xlabel=f"actual change of val loss ({first[i]['replays']} replays)", ylabel=f"sum of {method} scores",
                title=f"{p:g} removed; ceiling {ceil}")
-        ax.axhline(0, c="0.7", lw=0.5)
-        ax.axvline(0, c="0.7", lw=0.5)
+        figures.zero_lines(ax, vertical=True)
         ax.legend(fontsize=7)
     fig.suptitle(f"{method}: group removals, {first[0]['subsets']} subsets per fraction, {len(names)} training(s)")
     fig.tight_layout()
@@ -488,7 +487,7 @@ def plot_trainings(path: str, across: List[dict], twin: Optional[List[dict]] = N
             if twin and twin[i]["methods"].get(m, {}).get("lds_twin") is not None:
                 ax.scatter([x], [twin[i]["methods"][m]["lds_twin"]], marker="x", s=40, color=c)
         ax.axhline(row["noise_ceiling"]["mean"], ls="--", c="0.4", lw=1)
-        ax.axhline(0, c="0.7", lw=0.5)
+        figures.zero_lines(ax)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=30, ha="right")
         ax.set(ylabel="LDS", title=f"{row['fraction']:g} removed: {len(row['trainings'])} trainings\n"
@@ -552,12 +551,12 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
         ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, color=figures.color(m), label=m)
         rx.plot([p for p, _, _ in pts], [st["mean"] / c if c > 0 else np.nan for _, st, c in pts], marker="o",
                 ms=4, color=figures.color(m), label=m)
-    ax.axhline(0, c="0.7", lw=0.5)
+    figures.zero_lines(ax)
     for a, top in ((ax, 1.05), (rx, 1.5)):  # an LDS lies in [-1, 1]; a t-interval of few trainings may not
         lo_, hi_ = a.get_ylim()
         a.set_ylim(max(lo_, -1.05), min(hi_, top))
     rx.axhline(0.9, c="k", ls=":", lw=1)
-    rx.axhline(0, c="0.7", lw=0.5)
+    figures.zero_lines(rx)
     ticks = [f"{p * 100:g}%\n({row['subset_size']}; {len(row['trainings'])} tr.)" for p, row in zip(fractions, across)]
     for a in (ax, rx):
         a.set_xscale("log")

@@ -310,8 +310,7 @@ def plot_scatter(path: str, method: str, table: Dict[str, np.ndarray], picks: np
         title = ("diverged" if s["spearman"] is None else
                  f"random picks: Spearman {s['spearman']:.3f}, Pearson {s['pearson']:.3f}")
         ax.set(xlabel=truth.replace("_", " "), ylabel=f"{method} estimate", title=title)
-        ax.axhline(0, c="0.7", lw=0.5)
-        ax.axvline(0, c="0.7", lw=0.5)
+        figures.zero_lines(ax, vertical=True)
         ax.legend(fontsize=7)
     fig.suptitle(f"{method} vs actual counterfactual retraining")
     fig.tight_layout()

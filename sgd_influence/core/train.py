@@ -113,13 +113,7 @@ class SGD:
         g.feed(x, y, 1.0)
         g.w.d = np.asarray(w, np.float64) / batch_size
         g.loss.forward(clear_no_need_grad=True)
-        loss = float(g.loss.d)
-        if not np.isfinite(loss):
-            raise FloatingPointError
-        self.solver.zero_grad()
-        g.loss.backward(clear_buffer=True)
-        self._update(lr)
-        return loss
+        return self._descend(g, lr)
 
     def step(self, indices: np.ndarray, seeds: np.ndarray, lr: float, batch_size: int) -> float:
         """One SGD step on the instances `indices`, the gradient divided by `batch_size`. A batch of one
@@ -140,13 +134,17 @@ class SGD:
         g.loss.forward(clear_no_need_grad=True)
         for k, v in running.items():  # training-mode forwards update them
             params[k].d = v
+        return self._descend(g, lr) * batch_size / len(indices)
+
+    def _descend(self, g, lr: float) -> float:
+        """After g's forward: its loss (FloatingPointError when not finite), its backward and one update."""
         loss = float(g.loss.d)
         if not np.isfinite(loss):
             raise FloatingPointError
         self.solver.zero_grad()
         g.loss.backward(clear_buffer=True)
         self._update(lr)
-        return loss * batch_size / len(indices)
+        return loss
 
     def replay(self, record: StepRecord, t: int, keep: np.ndarray | None = None,
                weights: np.ndarray | None = None) -> float:
