@@ -24,6 +24,17 @@ TINY = functools.partial(cnn, widths=(4, 8), batch_norm=False)
 TINY_BN = functools.partial(cnn, widths=(4, 8), batch_norm=True)
 
 
+def lds_args(out, *extra):
+    """validate_influence.py's checked arguments for an LDS on the tiny dataset (32 training
+    instances, two epochs of batch 8, the exact retrace), `extra` options appended."""
+    from sgd_influence.checks.validate import build_parser, check_args
+    args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
+                                      "--lr", "0.01", "--lds", "--retrace", "exact", *extra])
+    args.dataset = "tiny"
+    check_args(args)
+    return args
+
+
 def make_split(rng, n, n_classes, name, part):
     """Class c lights up a 2x2 patch at a class-specific place, plus noise."""
     y = rng.integers(0, n_classes, n)

@@ -6,22 +6,14 @@ import os
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_BN, tiny_data
+from conftest import TINY, TINY_BN, lds_args, tiny_data
 from sgd_influence.base import layout
 from sgd_influence.base.metrics import spearman
 from sgd_influence.checks import lds
 from sgd_influence.base.errors import UserError
 from sgd_influence.core.params import StepParamsReader
 from sgd_influence.core.train import train
-from sgd_influence.checks.validate import build_parser, check_args, main, run_lds
-
-
-def lds_args(out, *extra):
-    args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
-                                      "--lr", "0.01", "--lds", "--retrace", "exact", *extra])
-    args.dataset = "tiny"
-    check_args(args)
-    return args
+from sgd_influence.checks.validate import main, run_lds
 
 
 def test_paired_replays_with_nothing_removed_give_zero(data, tmp_path):
@@ -337,11 +329,7 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     from test_replay_all import SMOOTH_BN, probe_module
     probe = probe_module()
     out = str(tmp_path / "v")
-    args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
-                                      "--lr", "0.05", "--lds", "--retrace", "exact", "--lds-fraction", "0.25",
-                                      "--lds-subsets", "5", "--methods", "Hara"])
-    args.dataset = "tiny"
-    check_args(args)
+    args = lds_args(out, "--lr", "0.05", "--lds-fraction", "0.25", "--lds-subsets", "5", "--methods", "Hara")
     run_lds(args, tiny_load, net=SMOOTH_BN, progress=False)
     r = probe.linearity(tiny_data(seed=0), SMOOTH_BN, out, 0, 0.25, 4, (0.01, 1.0), 8, window="last", replays=2)
     assert r["method"] == "Hara" and r["window"] == "last" and r["subset_size"] == 8

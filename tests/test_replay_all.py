@@ -212,17 +212,10 @@ def test_lds_window_all_is_retraining_from_theta0_cached_apart(tmp_path, data):
     perturbed at theta[0]; nothing removed gives 0 exactly), cached apart from the last window's; each
     block names its window and has the deterministic truth (replay 0 alone). On the tiny net without
     batch norm at lr 0.01 Replay_all's sums rank these removals (LDS near 1)."""
-    from conftest import TINY
+    from conftest import TINY, lds_args
     from sgd_influence.checks import lds
-    from sgd_influence.checks.validate import build_parser, check_args, run_lds
+    from sgd_influence.checks.validate import run_lds
     from sgd_influence.core.params import StepParamsReader
-
-    def lds_args(out, *extra):
-        args = build_parser().parse_args(["-o", out, "--n-train", "32", "--n-val", "24", "-e", "2", "-bs", "8",
-                                          "--lr", "0.01", "--lds", "--retrace", "exact", *extra])
-        args.dataset = "tiny"
-        check_args(args)
-        return args
 
     out = str(tmp_path / "v")
     args = lds_args(out, "--lds-window", "all", "--lds-fraction", "0.25", "--lds-subsets", "10",
