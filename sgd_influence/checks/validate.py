@@ -54,7 +54,7 @@ from ..base.metrics import jaccard_lowest, kendall_tau_b, pearson, sign_agreemen
 from ..base.layout import step_params_path, step_record_path
 from ..core.params import StepParamsReader
 from ..config.settings import (BN_COUPLING_CHOICES, PREDATING_VALUES, RETRACE_CHOICES, HelpFormatter,
-                               add_data_arguments, add_published_bundle_size, add_replay_memory,
+                               add_data_arguments, add_if_arguments, add_published_bundle_size, add_replay_memory,
                                build_parser as driver_parser, check_settings, code_version, data_for, device,
                                differences, fit_to_data, replay_budget, set_context)
 from ..core.step_record import StepRecord
@@ -630,7 +630,7 @@ def fit_default_methods(args, data: Data) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    driver = driver_parser("", "", ())  # the influence-functions defaults have one home: the drivers' parser
+    driver = driver_parser("", "", ())  # the retrace defaults have one home: the drivers' parser
     p = argparse.ArgumentParser(description="Score each estimator against actual retraining of the last epoch: "
                                             "single-instance leave-one-out (default) or group removals (--lds). "
                                             "Hara et al.'s Sec. 7.1 check on small models: --protocol hara71 "
@@ -693,13 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "docs/cluster.md) instead of --workers")
     network.add_arguments(p)
     optimizer.add_arguments(p)
-    g = p.add_argument_group("influence functions (defaults: the drivers')")
-    g.add_argument("--if-alpha", type=positive_float, default=driver.get_default("if_alpha"),
-                   help="damping alpha")
-    g.add_argument("--if-lr", type=positive_float, default=driver.get_default("if_lr"), help="solver learning rate")
-    g.add_argument("--if-momentum", type=float, default=driver.get_default("if_momentum"), help="solver momentum")
-    g.add_argument("--if-epochs", type=positive_int, default=driver.get_default("if_epochs"), help="solver epochs")
-    g.add_argument("--if-last-iterate", action="store_true", help="the solver's last iterate instead of its tail average")
+    add_if_arguments(p)
     return p
 
 

@@ -99,6 +99,12 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
                         "instead of --workers (docs/cluster.md)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete this tool's results in the output folder and start afresh")
+    add_if_arguments(p)
+    return p
+
+
+def add_if_arguments(p: argparse.ArgumentParser) -> None:
+    """The influence-functions solver's options (the drivers and validate_influence.py)."""
     g = p.add_argument_group("influence functions (method Influence_functions): v = (H + alpha I)^-1 u "
                              "by SGD with momentum")
     # The published code uses alpha 10 on CIFAR-10 and 0.1 elsewhere; 0.1 and 1 diverged on the
@@ -106,11 +112,10 @@ def build_parser(description: str, default_out: str, default_methods: Sequence[s
     g.add_argument("--if-alpha", type=positive_float, default=10.0,
                    help="damping alpha (published: 10 on cifar10, 0.1 otherwise; 0.1 diverges, see docs/influence_functions.md)")
     g.add_argument("--if-lr", type=positive_float, default=0.005, help="solver learning rate")
-    g.add_argument("--if-momentum", type=float, default=0.9, help="solver heavy-ball momentum")
+    g.add_argument("--if-momentum", type=fraction, default=0.9, help="solver heavy-ball momentum, in [0, 1)")
     g.add_argument("--if-epochs", type=positive_int, default=2, help="solver epochs over the training set")
     g.add_argument("--if-last-iterate", action="store_true",
                    help="use the solver's last iterate (as published) instead of the mean over its second half")
-    return p
 
 
 def add_published_bundle_size(p: argparse.ArgumentParser) -> None:
