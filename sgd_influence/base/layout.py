@@ -38,6 +38,14 @@ def atomic_path(path: str):
 TEMP_RE = re.compile(r"\.tmp\d+(\.\w+)?$")
 
 
+def make_output_folder(out: str) -> None:
+    """Create a command's output folder (and its parents) if missing; one error line if it cannot be."""
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+
+
 def remove_stale_temporaries(out: str) -> None:
     """Delete half-written files left by a killed run (complete files never carry .tmp)."""
     for d, _, files in os.walk(out):

@@ -755,10 +755,7 @@ def run(args) -> dict:
     args.data_dir = os.path.abspath(args.data_dir or default_data_dir())
     settings = resolve_settings(args)
     out = args.output_dir
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    layout.make_output_folder(out)
     check_cache(out, settings, args.overwrite)
     data = describe_data(settings["task"], args.data_dir)  # the subset's checksum is checked here
     data["path"] = layout.relative_to(out, data["path"])  # hara71.json names no path of this machine

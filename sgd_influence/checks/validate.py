@@ -330,10 +330,7 @@ def prepare_output(args, trainings: Sequence[lds.Training] = ()) -> None:
     """Reuse a training in -o only under the same settings; the same for the validation caches
     (with --lds, each training's LDS cache)."""
     out = args.output_dir
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    layout.make_output_folder(out)
     layout.remove_stale_temporaries(out)
     vdir = validation_dir(out)
     run_json = os.path.join(out, "run.json")

@@ -212,10 +212,7 @@ def run_experiment(args) -> None:
         print("warning: Replay_all estimates retraining every epoch from theta[0] without the removed instances, "
               "but without -ra the retraining redoes only the last epoch", file=sys.stderr)
     network.checked(args, data.image_shape, data.n_classes)
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {args.output_dir}: {e.strerror}") from None
+    layout.make_output_folder(args.output_dir)
     check_or_reset_output(args)
     layout.remove_stale_temporaries(args.output_dir)
     write_run_json(args, context)
