@@ -332,6 +332,57 @@ def test_trials_needed_is_the_fewest_with_the_half_width():
     assert row["ci95_half_width"] == pytest.approx((row["ci95_high"] - row["ci95_low"]) / 2)
 
 
+def test_t_test_p_values_against_the_t_table_and_closed_forms():
+    """The two-sided p at each tabulated 97.5% quantile is 0.05 (the table is an independent source; it
+    has 3 decimals, hence 2e-4); df 1 is the Cauchy (p(1) = 1/2, p(t) = 1 - 2 atan(t) / pi) and df 2 has
+    p(t) = 1 - t / sqrt(2 + t^2); the paired test is that p at t = mean / (sd / sqrt n)."""
+    from sgd_influence.base.metrics import T975, paired_t_p, t_two_sided_p
+    for df, q in enumerate(T975, start=1):
+        assert t_two_sided_p(q, df) == pytest.approx(0.05, abs=2e-4), df
+    for t in (0.0, 0.4, 1.0, 3.0, 50.0):
+        assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 * np.arctan(t) / np.pi, abs=1e-14)
+        assert t_two_sided_p(-t, 2) == pytest.approx(1 - t / np.sqrt(2 + t * t), abs=1e-14)
+    assert t_two_sided_p(1.0, 1) == pytest.approx(0.5, abs=1e-15)
+    assert t_two_sided_p(1e3, 200) < 1e-12 and t_two_sided_p(float("inf"), 5) == 0.0
+    d = [0.03, 0.04, 0.05]  # t = 0.04 / (0.01 / sqrt 3) on 2 df
+    assert paired_t_p(d) == pytest.approx(1 - 4 * np.sqrt(3) / np.sqrt(2 + 48), rel=1e-12)
+    assert paired_t_p([0.1]) is None and paired_t_p([0.0, 0.0]) == 1.0 and paired_t_p([0.2, 0.2]) == 0.0
+
+
+def test_holm_adjustment_by_hand():
+    """p = .005 .01 .03 .04 of m = 4: 4 x .005 = .02, 3 x .01 = .03, 2 x .03 = .06, 1 x .04 -> .06 (monotone);
+    None stays None and is not counted."""
+    from sgd_influence.base.metrics import holm
+    assert holm([0.01, 0.04, 0.03, 0.005, None]) == pytest.approx([0.03, 0.06, 0.06, 0.02, None])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_paired_table_holm_over_the_secondary_comparisons():
+    """The primary keeps its own p; each secondary row of a metric gets Holm's p over that metric's secondary
+    rows; a secondary interval that excludes 0 while its Holm p does not fall below 0.05 is marked so."""
+    from sgd_influence.base.metrics import holm, paired_t_p
+    base = {n: dict.fromkeys(range(3), 0.8) for n in (10, 30, 100)}
+    hara = {10: {0: .83, 1: .84, 2: .85}, 30: {0: .81, 1: .80, 2: .82}, 100: {0: .86, 1: .85, 2: .84}}
+    rows = A.paired_differences({"Hara": hara, "Random": base}, primary=100)
+    by_n = {r["n_removed"]: r for r in rows}
+    d = {n: [hara[n][s] - 0.8 for s in range(3)] for n in hara}
+    assert by_n[100]["p_value"] == pytest.approx(paired_t_p(d[100])) and by_n[100]["p_holm"] == by_n[100]["p_value"]
+    expect = holm([paired_t_p(d[10]), paired_t_p(d[30])])
+    assert [by_n[10]["p_holm"], by_n[30]["p_holm"]] == pytest.approx(expect)
+    lines = A.verdict_lines(rows, 100)
+    assert f"p = {by_n[100]['p_value']:.2g}" in lines[1] and "Holm's adjusted p over the 2" in lines[2]
+    ten = next(x for x in lines if "n = 10:" in x)
+    assert by_n[10]["verdict"] == "up" and by_n[10]["p_holm"] < 0.05 and "not after Holm" not in ten
+    # the same differences among more secondary comparisons: a decided interval that Holm does not keep
+    many = {"Hara": dict(hara), "Random": dict(base)}
+    for k in range(8):
+        many["Hara"][200 + k], many["Random"][200 + k] = {0: .8, 1: .81, 2: .79}, dict.fromkeys(range(3), 0.8)
+    rows = A.paired_differences(many, primary=100)
+    ten = next(r for r in rows if r["n_removed"] == 10)
+    assert ten["verdict"] == "up" and ten["p_holm"] >= 0.05
+    assert "decided up (not after Holm)" in next(x for x in A.verdict_lines(rows, 100) if "n = 10:" in x)
+
+
 def write_orders_folder(out, idx_dir):
     """Hara and Random (three orders) over 4 trials at n = 2 (the primary: 5% of 40) and 10; known accuracies
     and losses. Random's orders: order r of trial s scores 0.70 + 0.01 * s + 0.02 * r (loss: 1 - that)."""
@@ -374,7 +425,7 @@ def test_random_orders_averaged_loss_paired_and_verdict(idx_dir, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "primary: n = 2 = 5% of the training set" in printed
     assert "Hara - Random, n = 2 (primary): decided up: +0.0325" in printed
-    assert "secondary (1 intervals; at 95% about 0.1 of them exclude 0 by chance alone)" in printed
+    assert "secondary (1 intervals; at 95% about 0.1 of them exclude 0 by chance alone; Holm" in printed
 
 
 def test_published_methods_against_their_corrected_twins(idx_dir, tmp_path):

@@ -59,7 +59,7 @@ from ..base.figures import plot_agreement, plot_batch_sizes, plot_result, trials
 from .grids import write_grids
 from ..base.layout import Folder, read_folder
 from ..base.methods import CONTROL, METHODS, is_control, sort_key
-from ..base.metrics import kendall_tau_b, spearman, t975, t_interval
+from ..base.metrics import holm, kendall_tau_b, paired_t_p, spearman, t975, t_interval
 from ..config.noise import write_noise_detection
 from ..config.settings import RESULT_SETTINGS, args_from_settings, differences
 from .table1 import table1_rows, write_table1
@@ -228,8 +228,9 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
     deviation and 95% t-interval over trials (none with one trial), the interval's half-width, the trials
     a half-width of METRICS[metric] would take at that sd (at least MIN_VERDICT_TRIALS), `distinguishable` when
     the interval excludes 0, and the verdict: "up" (above the control), "down", or "undecided" (always with fewer
-    than MIN_VERDICT_TRIALS trials). `control_orders` ({n: {seed: count}}):
-    the control's removal orders per trial, reported as their mean; `primary`: the primary comparison's n."""
+    than MIN_VERDICT_TRIALS trials); `p_value`, the paired t-test's two-sided p, and `p_holm` (with_holm).
+    `control_orders` ({n: {seed: count}}): the control's removal orders per trial, reported as their mean;
+    `primary`: the primary comparison's n."""
     rows = []
     target = METRICS.get(metric)
     for method in sorted(scores, key=sort_key):
@@ -244,7 +245,8 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
             row = {"metric": metric, "method": method, "control": control, "n_removed": n, "primary": n == primary,
                    "n_trials": len(d), "control_orders": float(np.mean([counts.get(s, 1) for s in seeds])),
                    "difference_mean": float(d.mean()), "difference_std": None, "ci95_low": None, "ci95_high": None,
-                   "ci95_half_width": None, "trials_needed": None, "distinguishable": None, "verdict": "undecided"}
+                   "ci95_half_width": None, "trials_needed": None, "distinguishable": None, "verdict": "undecided",
+                   "p_value": paired_t_p(d), "p_holm": None}
             if len(d) > 1:
                 _, sd, lo, hi = t_interval(d)
                 row.update(difference_std=sd, ci95_low=lo, ci95_high=hi, ci95_half_width=(hi - lo) / 2,
@@ -254,6 +256,20 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
                 if target is not None:
                     row["trials_needed"] = max(trials_needed(sd, target), MIN_VERDICT_TRIALS)
             rows.append(row)
+    return with_holm(rows)
+
+
+def with_holm(rows: List[dict]) -> List[dict]:
+    """Sets each row's `p_holm`: Holm's adjustment of `p_value` over the secondary comparisons of its metric
+    (every row but the primary; a family of m rows of which some exclude 0 by chance), and the primary's own
+    p (named before the runs, a family of one). Returns `rows`."""
+    for metric in {r["metric"] for r in rows}:
+        family = [r for r in rows if r["metric"] == metric and not r["primary"]]
+        for r, adjusted in zip(family, holm([r["p_value"] for r in family])):
+            r["p_holm"] = adjusted
+        for r in rows:
+            if r["metric"] == metric and r["primary"]:
+                r["p_holm"] = r["p_value"]
     return rows
 
 
@@ -266,12 +282,12 @@ def published_vs_corrected(scores: Scores, metric: str, primary: Optional[int]) 
         if twin in scores:
             rows += paired_differences({method: scores[method], twin: scores[twin]}, control=twin, metric=metric,
                                        primary=primary)
-    return rows
+    return with_holm(rows)
 
 
 PAIRED_COLUMNS = ("metric", "method", "control", "n_removed", "primary", "n_trials", "control_orders",
                   "difference_mean", "difference_std", "ci95_low", "ci95_high", "ci95_half_width", "trials_needed",
-                  "distinguishable", "verdict")
+                  "distinguishable", "verdict", "p_value", "p_holm")
 
 
 def write_rows(path: str, columns: Sequence[str], rows: Sequence[dict]) -> None:
@@ -286,8 +302,9 @@ def write_paired(path: str, rows: Sequence[dict]) -> None:
 
 
 def verdict_lines(rows: Sequence[dict], primary: Optional[int]) -> List[str]:
-    """The test-accuracy verdict per method and n, the primary comparison first, and how many of the
-    secondary intervals would exclude 0 by chance alone."""
+    """The test-accuracy verdict per method and n, the primary comparison first with its paired t-test's p;
+    then the secondary ones with Holm's adjusted p over them, and how many of their intervals would exclude 0
+    by chance alone. A verdict is the interval's; a secondary one whose Holm p is 0.05 or more says so."""
     acc = [r for r in rows if r["metric"] == "test_accuracy"]
     if not acc:
         return []
@@ -298,9 +315,13 @@ def verdict_lines(rows: Sequence[dict], primary: Optional[int]) -> List[str]:
             return text + f"{r['difference_mean']:+.4f}, one trial: no interval"
         body = (f"{r['difference_mean']:+.4f} [{r['ci95_low']:+.4f}, {r['ci95_high']:+.4f}] over "
                 f"{r['n_trials']} trials")
+        p = r["p_holm"] if not r["primary"] else r["p_value"]
+        p_text = "" if p is None else f"; {'p' if r['primary'] else 'Holm p'} = {p:.2g}"
         if r["verdict"] != "undecided":
-            return text + f"decided {r['verdict']}: {body}"
-        return text + f"undecided: {body}; about {r['trials_needed']} trials for +-{METRICS['test_accuracy']:g}"
+            caveat = " (not after Holm)" if not r["primary"] and p is not None and p >= 0.05 else ""
+            return text + f"decided {r['verdict']}{caveat}: {body}{p_text}"
+        return (text + f"undecided: {body}{p_text}; about {r['trials_needed']} trials for "
+                       f"+-{METRICS['test_accuracy']:g}")
     first = [r for r in acc if r["primary"]]
     out = [f"verdict (test accuracy minus {acc[0]['control']} of the same trial, 95% t-interval; primary: "
            + (f"n = {primary} = {PRIMARY_FRACTION:.0%} of the training set)" if first
@@ -309,7 +330,7 @@ def verdict_lines(rows: Sequence[dict], primary: Optional[int]) -> List[str]:
     rest = [r for r in acc if not r["primary"]]
     if rest:
         out.append(f"  secondary ({len(rest)} intervals; at 95% about {0.05 * len(rest):.1f} of them exclude 0 by "
-                   f"chance alone):")
+                   f"chance alone; Holm's adjusted p over the {len(rest)} keeps that chance at 5% for all together):")
         out += ["  " + line(r) for r in rest]
     return out
 

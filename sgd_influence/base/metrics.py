@@ -1,5 +1,5 @@
-"""Rank statistics used to compare influence estimates, and the t-interval of a mean over
-trials (no SciPy needed)."""
+"""Rank statistics used to compare influence estimates, and the t-interval, paired t-test and
+Holm adjustment of a mean over trials (no SciPy needed)."""
 from __future__ import annotations
 
 import math
@@ -28,6 +28,58 @@ def t_interval(values: Sequence[float]) -> Tuple[float, Optional[float], Optiona
     sd = float(v.std(ddof=1))
     half = t975(len(v) - 1) * sd / math.sqrt(len(v))
     return mean, sd, mean - half, mean + half
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with integer `df` >= 1 degrees of freedom, in closed form
+    (Abramowitz & Stegun 26.7.3-4): with theta = atan(|t| / sqrt(df)), c = cos(theta),
+        P(|T| < |t|) = (2/pi) (theta + sin(theta) (c + 2/3 c^3 + (2 4)/(3 5) c^5 + ... + c^(df-2) term))  (df odd)
+                     = sin(theta) (1 + 1/2 c^2 + (1 3)/(2 4) c^4 + ... + c^(df-2) term)                     (df even)
+    and the p-value is one minus it."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if not math.isfinite(t):
+        return 0.0
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, sin = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:
+        term, total = math.cos(theta), 0.0
+        for k in range(1, (df - 1) // 2 + 1):  # the series c + 2/3 c^3 + ..., (df - 1) / 2 terms
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        inside = 2 / math.pi * (theta + sin * total)
+    else:
+        term, total = 1.0, 0.0
+        for k in range(1, df // 2 + 1):  # the series 1 + 1/2 c^2 + ..., df / 2 terms
+            total += term
+            term *= c2 * (2 * k - 1) / (2 * k)
+        inside = sin * total
+    return min(1.0, max(0.0, 1.0 - inside))
+
+
+def paired_t_p(values: Sequence[float]) -> Optional[float]:
+    """The two-sided p-value of the one-sample t-test of mean 0 (paired differences); None for fewer
+    than two values; 0 or 1 when every value is equal (nonzero or zero)."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return None
+    sd = float(v.std(ddof=1))
+    if sd == 0:
+        return 1.0 if v[0] == 0 else 0.0
+    return t_two_sided_p(float(v.mean()) / (sd / math.sqrt(len(v))), len(v) - 1)
+
+
+def holm(p_values: Sequence[Optional[float]]) -> list:
+    """Holm's step-down adjustment of a family of p-values (None entries stay None and are not
+    counted): the i-th smallest of m becomes max over j <= i of min(1, (m - j + 1) p_(j)). A family
+    rejected where adjusted p < alpha keeps its family-wise error rate at alpha."""
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    order = sorted(idx, key=lambda i: p_values[i])
+    out, running, m = [None] * len(p_values), 0.0, len(order)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def rankdata(a: np.ndarray) -> np.ndarray:
