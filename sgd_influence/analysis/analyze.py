@@ -230,7 +230,13 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
     the interval excludes 0, and the verdict: "up" (above the control), "down", or "undecided" (always with fewer
     than MIN_VERDICT_TRIALS trials); `p_value`, the paired t-test's two-sided p, and `p_holm` (with_holm).
     `control_orders` ({n: {seed: count}}): the control's removal orders per trial, reported as their mean;
-    `primary`: the primary comparison's n."""
+    `primary`: the primary comparison's n. The family of Holm's adjustment: these rows."""
+    return with_holm(_paired_rows(scores, control, metric, control_orders, primary))
+
+
+def _paired_rows(scores: Scores, control: str, metric: str, control_orders: Optional[Dict[int, Dict[int, int]]],
+                 primary: Optional[int]) -> List[dict]:
+    """paired_differences' rows before Holm's adjustment (`p_holm` None)."""
     rows = []
     target = METRICS.get(metric)
     for method in sorted(scores, key=sort_key):
@@ -256,7 +262,7 @@ def paired_differences(scores: Scores, control: str = CONTROL, metric: str = "te
                 if target is not None:
                     row["trials_needed"] = max(trials_needed(sd, target), MIN_VERDICT_TRIALS)
             rows.append(row)
-    return with_holm(rows)
+    return rows
 
 
 def with_holm(rows: List[dict]) -> List[dict]:
@@ -267,21 +273,21 @@ def with_holm(rows: List[dict]) -> List[dict]:
         family = [r for r in rows if r["metric"] == metric and not r["primary"]]
         for r, adjusted in zip(family, holm([r["p_value"] for r in family])):
             r["p_holm"] = adjusted
-        for r in rows:
-            if r["metric"] == metric and r["primary"]:
-                r["p_holm"] = r["p_value"]
+    for r in rows:
+        if r["primary"]:
+            r["p_holm"] = r["p_value"]
     return rows
 
 
 def published_vs_corrected(scores: Scores, metric: str, primary: Optional[int]) -> List[dict]:
     """Each published method minus its corrected twin (Hara_published - Hara, ...) of the same trial and n, as
-    paired_differences does it against the control (the twin in the `control` column)."""
+    paired_differences does it against the control (the twin in the `control` column); Holm's family: all
+    of these rows of a metric."""
     rows = []
     for method in sorted(scores, key=sort_key):
         twin = METHODS[method].twin if method in METHODS else None
         if twin in scores:
-            rows += paired_differences({method: scores[method], twin: scores[twin]}, control=twin, metric=metric,
-                                       primary=primary)
+            rows += _paired_rows({method: scores[method], twin: scores[twin]}, twin, metric, None, primary)
     return with_holm(rows)
 
 
