@@ -372,3 +372,39 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     assert len(err) == 1 and "not a validate_influence.py --lds folder" in err[0]
     with pytest.raises(UserError, match="--methods Replay_all"):
         probe.default_method(lds.cache_dir(out, lds.Training(0)), "all")
+
+
+def split_module():
+    """tools/split_truth.py as a module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "split_truth", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+                                    "split_truth.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("net", [TINY_BN, TINY], ids=["batch_norm", "no_batch_norm"])
+def test_split_truth_recomputes_the_lds_truth_and_splits_it(tmp_path, net):
+    """tools/split_truth.py: its truth is the LDS cache's replay-0 truth bit for bit (the same replay, on
+    the CPU); with batch norm the running statistics' part is not zero, and putting both parts back gives
+    the truth to first order; without batch norm the running statistics' part is exactly 0 and the
+    parameters' part is the truth."""
+    split = split_module()
+    out = str(tmp_path / "v")
+    run_lds(lds_args(out, "--lr", "0.05", "--lds-fraction", "0.25", "--lds-subsets", "5", "--methods", "Hara"),
+            tiny_load, net=net, progress=False)
+    r = split.split(tiny_data(seed=0), net, out, 0, 0.25, 4, 8)
+    cached = lds.read_truths(lds.truths_path(lds.cache_dir(out, lds.Training(0)), 0.25))
+    assert np.array_equal(r["truth"], [cached[(s, 0)] for s in range(4)])
+    assert np.array_equal(r["g"], lds.predictions(np.load(layout.estimate_path(
+        lds.cache_dir(out, lds.Training(0)), "Hara")), [lds.subset(32, 0.25, s, 0) for s in range(4)]))
+    if net is TINY:
+        assert np.array_equal(r["running"], np.zeros(4)) and np.array_equal(r["params"], r["truth"])
+    else:
+        assert np.abs(r["running"]).max() > 0 and np.abs(r["params"]).max() > 0
+        np.testing.assert_allclose(r["params"] + r["running"], r["truth"], atol=0.2 * np.abs(r["truth"]).max())
+    st = split.stats(r)
+    assert st["lds_truth"] == pytest.approx(spearman(r["g"], r["truth"]))
+    assert split.main([str(tmp_path / "none")]) == 2
