@@ -59,7 +59,7 @@ LDS_ALL_ARGS = -o $(LDS_ALL_OUT) $(WHOLE_SETTINGS) --net $(LDS_ALL_NET) --lds --
 	--methods Replay_all Replay Ours TracIn_last Influence_functions Loss Random $(PARALLEL) $(LDS_EXTRA)
 # The LDS under a practitioner's recipe (issue 35, docs/accuracy.md): momentum 0.9, weight decay 5e-4 and a cosine
 # schedule, the demo's data and size otherwise; LDS_MOMENTUM_LR is the peak rate (momentum 0.9 multiplies the step by
-# about 10, so 0.002 matches the demo's plain 0.02). About 2 h here, as make lds.
+# about 10 and the cosine averages half its peak, so 0.005 gives about the demo's mean step). About 2 h here.
 LDS_MOMENTUM_OUT ?= output_lds_momentum
 LDS_MOMENTUM_LR ?= 0.005
 LDS_MOMENTUM_ARGS = -o $(LDS_MOMENTUM_OUT) -ds fashion_mnist --n-train 2000 --n-val 1000 -e 10 -bs 16 \
