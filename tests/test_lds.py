@@ -364,7 +364,7 @@ def test_last_epoch_linearity_probe_at_small_eps_is_haras_prediction(tmp_path, c
     # options and the recipe): the rest at their values then, and no test split.
     old = {"dataset": "fashion_mnist", "n_train": 2000, "n_val": 1000, "n_epochs": 10, "batch_size": 16, "lr": 0.02,
            "no_augment": True, "seed": 0, "retrace": "fd", "bn_coupling": "on"}
-    run_args = probe.run_arguments(old, "/data")
+    run_args = lds.run_arguments(old, "/data")
     assert (run_args.n_test, run_args.train_csv, run_args.label_noise, run_args.net) == (0, None, None, "cnn")
     assert (run_args.data_dir, run_args.n_train, run_args.bn_coupling, run_args.momentum) == ("/data", 2000, "on", 0.0)
     assert probe.main([str(tmp_path / "nothing")]) == 2

@@ -53,7 +53,7 @@ from sgd_influence.base.layout import checkpoint_path, step_record_path  # noqa:
 from sgd_influence.base.metrics import pearson, spearman  # noqa: E402
 from sgd_influence.base.progress import bar  # noqa: E402
 from sgd_influence.checks import lds  # noqa: E402
-from sgd_influence.config.settings import args_from_settings, set_context  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
 from sgd_influence.core import network  # noqa: E402
 from sgd_influence.core.graphs import GraphCache, LossGraph, evaluate, trainable_params  # noqa: E402
 from sgd_influence.core.params import load_checkpoint  # noqa: E402
@@ -260,12 +260,6 @@ def print_branches(b: dict) -> None:
           f"{b['half_ulp_gradient']:.2e}; max-pool windows tied exactly at a positive maximum: {ties}")
 
 
-def run_arguments(settings: dict, data_dir: Optional[str]) -> argparse.Namespace:
-    """The LDS run's arguments from its run.json settings: options it predates (the data options of
-    later versions, --net, the recipe) at their values then, no test split (validate loads none)."""
-    return args_from_settings({**settings, "data_dir": data_dir, "n_test": 0})
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="an LDS folder (validate_influence.py --lds) holding the window's scores")
@@ -289,7 +283,7 @@ def main(argv=None) -> int:
         if not settings:
             raise UserError(f"{args.out} is not a validate_influence.py --lds folder (no run.json)")
         set_context("cpu")
-        run_args = run_arguments(settings, args.data_dir)
+        run_args = lds.run_arguments(settings, args.data_dir)
         net = network.from_args(run_args)  # the run's network (a .nnp file checked against its recorded hash)
         results = []
         for seed in args.seed:

@@ -37,7 +37,7 @@ from sgd_influence.base.layout import checkpoint_path, step_record_path  # noqa:
 from sgd_influence.base.metrics import spearman  # noqa: E402
 from sgd_influence.base.progress import bar  # noqa: E402
 from sgd_influence.checks import lds  # noqa: E402
-from sgd_influence.config.settings import args_from_settings, set_context  # noqa: E402
+from sgd_influence.config.settings import set_context  # noqa: E402
 from sgd_influence.core import network  # noqa: E402
 from sgd_influence.core.params import load_checkpoint  # noqa: E402
 from sgd_influence.core.train import load_state_at, replay_steps  # noqa: E402
@@ -118,7 +118,7 @@ def main(argv: Optional[list] = None) -> int:
         if not settings:
             raise UserError(f"{args.out} is not a validate_influence.py --lds folder (no run.json)")
         set_context("cpu")
-        run_args = args_from_settings({**settings, "data_dir": args.data_dir, "n_test": 0})
+        run_args = lds.run_arguments(settings, args.data_dir)
         net = network.from_args(run_args)
         results = []
         for seed in args.seed:

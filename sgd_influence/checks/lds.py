@@ -72,7 +72,7 @@ from ..base.layout import checkpoint_path, step_record_path
 from ..core.replay import WINDOWS, window_start, window_steps
 from ..core.step_record import StepRecord
 from ..core.train import SGD, init_model, load_state_at, perturb_half_ulp, replay_steps
-from ..config.settings import data_for
+from ..config.settings import args_from_settings, data_for
 
 # --------------------------------------------------------------- trainings
 @dataclass(frozen=True)
@@ -242,6 +242,13 @@ Loader = Callable[[int], Data]  # the data of a trial seed
 def load_data(args, seed: int) -> Data:
     """The data of trial `seed` as the command loads it (a worker process builds its own)."""
     return data_for(args, seed)
+
+
+def run_arguments(settings: dict, data_dir: Optional[str]):
+    """An LDS run's arguments from its run.json settings (for the tools that reopen a folder): options it
+    predates (the data options of later versions, --net, the recipe) at their values then, no test split
+    (validate loads none)."""
+    return args_from_settings({**settings, "data_dir": data_dir, "n_test": 0})
 
 
 def window_of(args) -> str:
