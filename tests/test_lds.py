@@ -179,6 +179,7 @@ def fake_summary(window, values, ceilings, methods=("Hara", "Random")):
     for name, per in values.items():
         blocks = [{"window": window, "fraction": p, "subset_size": int(p * 2000), "subsets": 50, "replays": 2,
                    "noise_ceiling": ceilings[name][p],
+                   "max_lds_all_replays": float(np.sqrt(2 * ceilings[name][p] / (1 + ceilings[name][p]))),
                    "methods": {m: {"lds": v[m], "lds_single_replay": v[m] - 0.01} for m in methods}}
                   for p, v in sorted(per.items())]
         trainings.append({"training": name, "theta0_perturbed": name.endswith("ulp"), "blocks": blocks})
@@ -206,6 +207,8 @@ def test_fraction_rows_join_lds_files_over_the_same_trainings(tmp_path):
         assert r["methods"]["Hara"]["mean"] == pytest.approx(np.mean(v))
         assert r["methods"]["Hara"]["ci95"] == pytest.approx([np.mean(v) - half, np.mean(v) + half])
         assert r["noise_ceiling"]["mean"] == pytest.approx(np.mean([ceil[n][r["fraction"]] for n in names]))
+        c = np.array([ceil[n][r["fraction"]] for n in names])
+        assert r["max_lds_all_replays"]["mean"] == pytest.approx(np.mean(np.sqrt(2 * c / (1 + c))))
         pair = r["pairs"][0]
         assert (pair["a"], pair["b"]) == ("Hara", "Random")
         assert pair["difference"]["values"] == pytest.approx(
@@ -408,3 +411,21 @@ def test_split_truth_recomputes_the_lds_truth_and_splits_it(tmp_path, net):
     st = split.stats(r)
     assert st["lds_truth"] == pytest.approx(spearman(r["g"], r["truth"]))
     assert split.main([str(tmp_path / "none")]) == 2
+
+
+def test_bound_of_a_perfect_estimator_is_its_lds_against_the_mean_of_two_replays(monkeypatch):
+    """lds_block's max_lds_all_replays, sqrt(2c / (1 + c)) from the two replays' agreement c, against an
+    oracle: truths = a noise-free change + independent replay noise, the estimator = the noise-free change.
+    Its LDS (against the two replays' mean) meets the bound, above the ceiling c, on many subsets; at a
+    low ceiling the gap is wide (what makes "LDS / ceiling" read above 1 at 1% removed)."""
+    monkeypatch.setattr(lds, "bootstrap_ci", lambda *a, **k: [None, None])  # the intervals are not under test
+    rng = np.random.default_rng(3)
+    m = 20000
+    clean = rng.normal(size=m)
+    for noise_sd in (0.5, 1.0, 2.5):
+        truths = clean[:, None] + noise_sd * rng.normal(size=(m, 2))
+        block = lds.lds_block(truths, {"perfect": clean}, 0.01, 2000, 0)
+        c, perfect = block["noise_ceiling"], block["methods"]["perfect"]["lds"]
+        assert perfect == pytest.approx(block["max_lds_all_replays"], abs=0.02)
+        assert perfect > c + 0.02
+    assert c < 0.2 and perfect > 2 * c  # noise_sd 2.5: ceiling ~0.13, a perfect estimator's LDS ~0.49

@@ -6,8 +6,10 @@ This redraws it from lds.json alone, and can join the fractions of several LDS f
 the 1%, 2% and 5% of `make lds-small` with the 50% of an earlier `make lds`): each fraction comes from the
 first file that has it, and every fraction is recomputed over the same trainings (`--trainings`; default
 the first file's trainings without the twin) from the per-training blocks. It prints, per fraction, each
-method's mean LDS over the trainings with its 95% t-interval, the noise ceiling, every method's mean LDS
-as a share of the mean ceiling, and the paired differences.
+method's mean LDS over the trainings with its 95% t-interval, the noise ceiling, the paired differences,
+and every method's mean LDS as a share of the mean ceiling and of the mean bound of a perfect estimator
+(sqrt(2c / (1 + c)) per training: the LDS is against the mean of two replays, which such an estimator
+tracks better than one replay tracks the other).
 
     .venv/bin/python tools/plot_lds_fractions.py OUT/validation/lds.json [docs/lds/over_trainings/lds.json] \\
         -o fractions.png [--trainings seed_0 seed_1 seed_2]
@@ -49,14 +51,17 @@ def load_summaries(paths):
 
 
 def print_rows(rows) -> None:
-    """print_lds's across-trainings lines, then each method's share of the ceiling."""
+    """print_lds's across-trainings lines, then each method's share of the ceiling and of the bound."""
     print_lds({"trainings": [], "across_trainings": rows, "twin": None})
-    print("mean LDS / mean noise ceiling:")
-    for row in rows:
-        c = row["noise_ceiling"]["mean"]
-        shares = "  ".join(f"{m} {st['mean'] / c:.2f}" for m, st in row["methods"].items() if st and c > 0)
-        print(f"  {row['fraction']:g} ({row['subset_size']} instances, ceiling {fmt_interval(row['noise_ceiling'])},"
-              f" from {row['source']}): {shares}")
+    for key, what in (("noise_ceiling", "noise ceiling"), ("max_lds_all_replays", "bound of a perfect estimator")):
+        if not all(key in row for row in rows):
+            continue
+        print(f"mean LDS / mean {what}:")
+        for row in rows:
+            c = row[key]["mean"]
+            shares = "  ".join(f"{m} {st['mean'] / c:.2f}" for m, st in row["methods"].items() if st and c > 0)
+            print(f"  {row['fraction']:g} ({row['subset_size']} instances, {what} {fmt_interval(row[key])},"
+                  f" from {row['source']}): {shares}")
 
 
 def main(argv=None) -> int:

@@ -415,7 +415,8 @@ def _pairs(lds: Dict[str, List[Optional[float]]], methods: Sequence[str]) -> Lis
 
 def across_trainings(blocks: Dict[str, List[dict]], methods: Sequence[str]) -> List[dict]:
     """Per fraction, over the trainings in `blocks` ({training name: its blocks, one per fraction}):
-    each method's LDS and the noise ceiling (mean, sd, 95% t-interval), and for every pair of
+    each method's LDS, the noise ceiling and the LDS bound of a perfect estimator (`max_lds_all_replays`,
+    sqrt(2c / (1 + c)) per training; mean, sd, 95% t-interval), and for every pair of
     methods the per-training difference of their LDS on the same truths (its mean and interval;
     `excludes_zero` when the interval lies on one side of 0). The same against the deterministic
     truth (replay 0 alone, `lds_single_replay`): `methods_single_replay`, `pairs_single_replay`.
@@ -427,6 +428,8 @@ def across_trainings(blocks: Dict[str, List[dict]], methods: Sequence[str]) -> L
         row = {"fraction": p, "trainings": names, "subset_size": per[0]["subset_size"],
                "subsets": per[0]["subsets"], "replays": per[0]["replays"],
                "noise_ceiling": stats([b["noise_ceiling"] for b in per])}
+        if all("max_lds_all_replays" in b for b in per):  # blocks of every version since lds_block reports it
+            row["max_lds_all_replays"] = stats([b["max_lds_all_replays"] for b in per])
         for suffix, key in (("", "lds"), ("_single_replay", "lds_single_replay")):
             lds = {m: [b["methods"][m].get(key) for b in per] for m in methods}
             row["methods" + suffix] = {m: stats([v for v in lds[m] if v is not None])
@@ -535,8 +538,12 @@ def merge_fractions(summaries: Sequence[Tuple[str, dict]], trainings: Optional[S
 
 def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
     """Against the removed fraction (log x): each method's mean LDS over the trainings with its 95%
-    t-interval (offset sideways a little per method), and the mean noise ceiling with its interval
-    (black, dashed); right: each method's mean LDS divided by the mean ceiling, with 0.9 marked."""
+    t-interval (offset sideways a little per method), the mean noise ceiling with its interval (black,
+    dashed) and the mean bound of a perfect estimator (grey, dotted; rows that carry it); right: each
+    method's mean LDS divided by the mean bound (by the mean ceiling where a row lacks the bound),
+    with 0.9 marked. The ceiling is two single replays' agreement; the LDS is taken against their mean,
+    which a perfect estimator tracks better than either replay tracks the other: at a low ceiling only
+    the bound says how far an estimator is from the best possible (docs/accuracy.md)."""
     plt = figures.pyplot()
     import matplotlib.ticker as mticker
     fractions = [row["fraction"] for row in across]
@@ -547,9 +554,14 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
     hi = [c["ci95"][1] if c["ci95"][1] is not None else c["mean"] for c in ceil]
     ax.fill_between(fractions, lo, hi, color="0.5", alpha=0.15, lw=0)
     ax.plot(fractions, [c["mean"] for c in ceil], "k--", marker="s", ms=4, label="noise ceiling")
+    bound = all("max_lds_all_replays" in row for row in across)
+    if bound:
+        ax.plot(fractions, [row["max_lds_all_replays"]["mean"] for row in across], ls=":", c="0.45", marker="^",
+                ms=4, label="bound, perfect estimator")
+    norm = "max_lds_all_replays" if bound else "noise_ceiling"
     for i, m in enumerate(methods):
         shift = 1.07 ** (i - (len(methods) - 1) / 2)
-        pts = [(row["fraction"], row["methods"][m], row["noise_ceiling"]["mean"]) for row in across
+        pts = [(row["fraction"], row["methods"][m], row[norm]["mean"]) for row in across
                if row["methods"].get(m)]
         x = [p * shift for p, _, _ in pts]
         y = [st["mean"] for _, st, _ in pts]
@@ -563,6 +575,7 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
         lo_, hi_ = a.get_ylim()
         a.set_ylim(max(lo_, -1.05), min(hi_, top))
     rx.axhline(0.9, c="k", ls=":", lw=1)
+    rx.set_ylim(top=max(rx.get_ylim()[1], 1.0))  # the 0.9 mark in view
     figures.zero_lines(rx)
     ticks = [f"{p * 100:g}%\n({row['subset_size']}; {len(row['trainings'])} tr.)" for p, row in zip(fractions, across)]
     for a in (ax, rx):
@@ -573,7 +586,8 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
         a.set_xlabel("removed per subset (instances; trainings)")
         a.grid(alpha=0.3)
     ax.set(ylabel="LDS (mean over trainings, 95% t)", title="LDS and noise ceiling against the removal's size")
-    rx.set(ylabel="mean LDS / mean ceiling", title="share of the ceiling (dotted: 0.9)")
+    rx.set(ylabel="mean LDS / mean " + ("bound" if bound else "ceiling"),
+           title=("share of the perfect estimator's bound" if bound else "share of the ceiling") + " (dotted: 0.9)")
     ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

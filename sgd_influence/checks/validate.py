@@ -543,8 +543,10 @@ def print_lds(summary: dict) -> None:
                           f"   deterministic truth (replay 0 alone) {r['lds_single_replay']:6.3f}")
     for row in summary["across_trainings"]:
         k = len(row["trainings"])
+        bound = row.get("max_lds_all_replays")
         print(f"over {k} training(s), {row['fraction']:g} removed: mean [95% t-interval]; "
-              f"noise ceiling {fmt_interval(row['noise_ceiling'])}")
+              f"noise ceiling {fmt_interval(row['noise_ceiling'])}"
+              + (f"; bound of a perfect estimator {fmt_interval(bound)}" if bound else ""))
         for name, st in row["methods"].items():
             single = row.get("methods_single_replay", {}).get(name)
             print(f"  {name:<20} LDS {fmt_interval(st) if st else '(no scores)'}"
