@@ -41,7 +41,8 @@ LDS_ARGS = -o $(LDS_OUT) $(DEMO_SETTINGS) --lds --trials $(LDS_TRIALS) --lds-fra
 # Smaller removals (docs/accuracy.md#against-the-removals-size): 1%, 2%, 5% and 50% at the demo's settings, LDS_TRIALS
 # trainings, 50 subsets and 2 paired replays per fraction, so that the curve's four fractions (lds_fractions.png) are
 # measured on the same trainings: a training made again on another machine is another draw (float32 rounding), so
-# the 50% of an earlier `make lds` folder is of other trainings. About 4 h here from an empty folder; a folder that
+# the 50% of an earlier `make lds` folder is of other trainings. About 6 h here from an empty folder (the 300 replays
+# of 1%, 2% or 5% about 1.6 h each with two workers, of 50% about half that; trainings and scores 25 min); a folder that
 # already holds some of its trainings, scores or truths computes only the rest. LDS_SMALL_FRACTIONS picks others.
 LDS_SMALL_OUT ?= output_lds_small
 LDS_SMALL_FRACTIONS ?= 0.01 0.02 0.05 0.5
