@@ -428,7 +428,7 @@ def across_trainings(blocks: Dict[str, List[dict]], methods: Sequence[str]) -> L
         row = {"fraction": p, "trainings": names, "subset_size": per[0]["subset_size"],
                "subsets": per[0]["subsets"], "replays": per[0]["replays"],
                "noise_ceiling": stats([b["noise_ceiling"] for b in per])}
-        if all("max_lds_all_replays" in b for b in per):  # blocks of every version since lds_block reports it
+        if all("max_lds_all_replays" in b for b in per):  # absent from blocks written before lds_block reported it
             row["max_lds_all_replays"] = stats([b["max_lds_all_replays"] for b in per])
         for suffix, key in (("", "lds"), ("_single_replay", "lds_single_replay")):
             lds = {m: [b["methods"][m].get(key) for b in per] for m in methods}
@@ -540,8 +540,8 @@ def plot_fractions(path: str, across: List[dict], title: str = "") -> None:
     """Against the removed fraction (log x): each method's mean LDS over the trainings with its 95%
     t-interval (offset sideways a little per method), the mean noise ceiling with its interval (black,
     dashed) and the mean bound of a perfect estimator (grey, dotted; rows that carry it); right: each
-    method's mean LDS divided by the mean bound (by the mean ceiling where a row lacks the bound),
-    with 0.9 marked. The ceiling is two single replays' agreement; the LDS is taken against their mean,
+    method's mean LDS divided by the mean bound (by the mean ceiling at every fraction if any row lacks
+    the bound), with 0.9 marked. The ceiling is two single replays' agreement; the LDS is taken against their mean,
     which a perfect estimator tracks better than either replay tracks the other: at a low ceiling only
     the bound says how far an estimator is from the best possible (docs/accuracy.md)."""
     plt = figures.pyplot()
